@@ -1,0 +1,8 @@
+"""hf_distill: distil large language models into small ones with the Hugging Face Trainer."""
+
+from hf_distill.config import DistillationConfig
+from hf_distill.losses import DIVERGENCES, LossSpec, fused_distillation_loss
+from hf_distill.trainer import DistillationTrainer
+
+__all__ = ["DIVERGENCES", "DistillationConfig", "DistillationTrainer", "LossSpec", "fused_distillation_loss"]
+__version__ = "0.1.0"

@@ -1,0 +1,55 @@
+"""Construction-time checks on data, so that bad input fails before training starts, not at step 1."""
+
+from __future__ import annotations
+
+import itertools
+
+import datasets
+from transformers import Trainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as TRLCollator
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling as TRLVisionCollator
+
+
+def check_not_empty(dataset, name: str) -> None:
+    if isinstance(dataset, datasets.Dataset) and len(dataset) == 0:
+        raise ValueError(f"`{name}` is empty: there is nothing to distil on. Check the split and any filtering.")
+
+
+def uses_own_collator(data_collator, train_dataset) -> bool:
+    """A user collator over already tokenized data: the shape of a stock ``transformers.Trainer`` script."""
+    if data_collator is None or isinstance(data_collator, (TRLCollator, TRLVisionCollator)):
+        return False
+    columns = getattr(train_dataset, "column_names", None) or []
+    return "input_ids" in columns
+
+
+def check_trial_batch(trainer: Trainer, num_examples: int = 2) -> None:
+    """Collate the first examples exactly as the train dataloader will, and check the batch can be distilled."""
+    dataset = trainer.train_dataset
+    if isinstance(dataset, datasets.Dataset):
+        sample = trainer._remove_unused_columns(dataset.select(range(min(num_examples, len(dataset)))), "training")
+        examples = list(sample)
+    else:
+        examples = list(itertools.islice(iter(dataset), num_examples))
+        if trainer.args.remove_unused_columns:
+            trainer._set_signature_columns_if_needed()
+            examples = [{k: v for k, v in ex.items() if k in trainer._signature_columns} for ex in examples]
+    try:
+        batch = trainer.data_collator(examples)
+    except Exception as error:  # the collator's own message, with the fix for the common cause
+        raise ValueError(
+            f"The data collator cannot batch this dataset ({type(error).__name__}: {error}). Columns seen: "
+            f"{sorted(examples[0]) if examples else []}. If the dataset is not tokenized (text/messages/prompt-"
+            "completion), drop `data_collator=` and let the trainer tokenize it; if it is tokenized, use a collator "
+            "that pads `input_ids` and produces `labels` (e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False))."
+        ) from error
+    if "labels" not in batch:
+        raise ValueError(
+            f"Batches have no `labels` (keys: {sorted(batch)}). Distillation trains on the tokens whose label is not "
+            "-100: use a collator that builds labels, e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False)."
+        )
+    if not (batch["labels"][:, 1:] != -100).any():
+        raise ValueError(
+            "Every label in the first batch is -100, so no token carries loss. Check `completion_only_loss` / "
+            "`assistant_only_loss` and that completions are not truncated away by `max_length`."
+        )

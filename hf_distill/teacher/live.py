@@ -1,0 +1,91 @@
+"""A live teacher: a frozen causal LM run next to the student, yielding dense signals.
+
+The teacher is never part of ``trainer.model``, so ``save_model``, checkpoints and ``push_to_hub`` hold the student
+only. It runs in eval mode under ``no_grad`` and may sit on another device or in another dtype than the student.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from trl.models.utils import _ForwardRedirection
+
+from hf_distill.modeling import final_hidden_states, has_plain_output_head, model_inputs, output_head
+from hf_distill.teacher.signals import DenseTeacherSignal
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | str | None:
+    if name is None or isinstance(name, torch.dtype) or name == "auto":
+        return name
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"Unknown teacher dtype {name!r}. Use one of: auto, {', '.join(_DTYPES)}.") from None
+
+
+def load_teacher(
+    teacher: str | os.PathLike | nn.Module,
+    dtype: str | torch.dtype | None = None,
+    init_kwargs: dict | None = None,
+    trust_remote_code: bool = False,
+) -> nn.Module:
+    """Load a teacher from a local path or hub id (or take a model), then freeze it."""
+    dtype = resolve_dtype(dtype)
+    if isinstance(teacher, (str, os.PathLike)):
+        kwargs = dict(init_kwargs or {})
+        kwargs.setdefault("dtype", dtype or "auto")
+        kwargs.setdefault("trust_remote_code", trust_remote_code)
+        try:
+            teacher = AutoModelForCausalLM.from_pretrained(str(teacher), **kwargs)
+        except OSError as error:
+            raise OSError(
+                f"Could not load the teacher from {str(teacher)!r}: {error}. Pass a local directory written by "
+                "`save_pretrained`, a hub id you can reach, or an instantiated model (`teacher_model=model`)."
+            ) from error
+    elif isinstance(dtype, torch.dtype):
+        teacher = teacher.to(dtype)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def load_teacher_tokenizer(teacher: str | os.PathLike | nn.Module) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved beside a teacher checkpoint, if there is one (used to check it matches the student's)."""
+    source = teacher if isinstance(teacher, (str, os.PathLike)) else getattr(teacher, "name_or_path", None)
+    if not source or not Path(source).is_dir():
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError):
+        return None
+
+
+class LiveTeacher:
+    """Runs the teacher on a student batch and returns its signal at the tokens that carry loss."""
+
+    def __init__(self, model: nn.Module, unwrapped: nn.Module | None = None, device: torch.device | None = None):
+        self.model = model  # possibly wrapped by DeepSpeed/FSDP for inference
+        self.unwrapped = unwrapped if unwrapped is not None else model
+        self.device = device or next(self.unwrapped.parameters()).device
+        self.use_head = has_plain_output_head(self.unwrapped)
+        self._redirect = _ForwardRedirection()
+
+    @torch.no_grad()
+    def signal(
+        self, inputs: dict, loss_mask: torch.Tensor, vocab_size: int, output_device: torch.device
+    ) -> DenseTeacherSignal:
+        """``loss_mask`` is ``(B, T-1)``: True where the next-token label at position t+1 carries loss."""
+        batch = {key: value.to(self.device) for key, value in model_inputs(inputs).items()}
+        if self.model is self.unwrapped:
+            states = final_hidden_states(self.model, batch, self.use_head)
+        else:  # route through the wrapper so sharded parameters are gathered
+            states = self._redirect(self.model, self.unwrapped, final_hidden_states, self.unwrapped, batch, self.use_head)
+        states = states[:, :-1][loss_mask.to(states.device)]  # (N, H) or (N, V)
+        weight, bias = output_head(self.unwrapped) if self.use_head else (None, None)
+        return DenseTeacherSignal(states, vocab_size, weight, bias, output_device)

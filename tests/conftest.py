@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny Llama models built from a config and a tokenizer trained here. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CORPUS = [
+    f"{name} has {a} apples and buys {b} more, so {name} has {a + b} apples."
+    for name in ("Ann", "Bob", "Cid", "Dee", "Eve")
+    for a in range(1, 9)
+    for b in range(1, 6)
+]
+
+
+def make_tokenizer(vocab_size: int = 96) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def make_llama(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, eos_token_id=1,
+        bos_token_id=None, tie_word_embeddings=False, **overrides,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def text_dataset() -> Dataset:
+    return Dataset.from_dict({"text": CORPUS[:64]})
+
+
+@pytest.fixture
+def student(tokenizer):
+    return make_llama(len(tokenizer), hidden=32, layers=1, seed=1)
+
+
+@pytest.fixture
+def teacher(tokenizer):
+    return make_llama(len(tokenizer), hidden=64, layers=2, seed=2)
