@@ -1,0 +1,91 @@
+"""Evaluate reasoning models by what they generate: exact-match accuracy, agreement, generation speed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from hf_distill.answers import extract_answer, normalize_number
+from hf_distill.models import count_parameters
+
+
+@dataclass
+class ReasoningEval:
+    """Greedy generations on a question/answer dataset and what they score."""
+
+    accuracy: float
+    answers: list[str | None]
+    generations: list[str] = field(repr=False)
+    tokens_per_second: float
+    num_parameters: int
+
+
+def chat_prompts(tokenizer: PreTrainedTokenizerBase, questions: list[str]) -> list[str]:
+    """Each question as a user turn, ready for the assistant's reply (the format the models were trained on)."""
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int = 128,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[list[str], float]:
+    """Greedy completions of ``prompts`` and the generation speed in new tokens per second."""
+    was_training = model.training
+    model.eval()
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # decoder-only: pad on the left
+    device = next(model.parameters()).device
+    texts, new_tokens, seconds = [], 0, 0.0
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generating", disable=not progress, leave=False):
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            began = time.perf_counter()
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            seconds += time.perf_counter() - began
+            completion = output[:, batch["input_ids"].shape[1] :]  # (B, new)
+            new_tokens += int((completion != tokenizer.pad_token_id).sum())
+            texts.extend(tokenizer.batch_decode(completion, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return texts, new_tokens / max(seconds, 1e-9)
+
+
+def evaluate_reasoning(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[str],
+    gold_answers: list[str],
+    max_new_tokens: int = 128,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> ReasoningEval:
+    """Exact match of the final answer (the ``####`` line, see :func:`extract_answer`) against the gold rationale."""
+    generations, speed = generate(model, tokenizer, chat_prompts(tokenizer, questions), max_new_tokens, batch_size,
+                                  progress)
+    answers = [extract_answer(text) for text in generations]
+    golds = [extract_answer(text) for text in gold_answers]
+    correct = sum(a is not None and a == g for a, g in zip(answers, golds, strict=True))
+    return ReasoningEval(correct / max(len(golds), 1), answers, generations, speed, count_parameters(model))
+
+
+def answer_agreement(answers: list[str | None], reference: list[str | None]) -> float:
+    """Fraction of problems where two models give the same final answer (no answer never agrees)."""
+    if len(answers) != len(reference):
+        raise ValueError(f"got {len(answers)} answers for {len(reference)} reference answers")
+    same = sum(a is not None and normalize_number(a) == normalize_number(b or "") for a, b in zip(answers, reference))
+    return same / max(len(reference), 1)
