@@ -141,6 +141,7 @@ def _make_step(method: str, inputs: dict, chunk: int | None, impl: str | None = 
 
             module_spec = importlib.util.spec_from_file_location("_kd_candidate", impl)
             module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_spec.name] = module  # dataclasses look their module up while the file executes
             module_spec.loader.exec_module(module)
             fused_distillation_loss = module.fused_distillation_loss
         default = _default_chunk(vocab)

@@ -27,6 +27,7 @@ class ScriptArguments:
     )
     question_column: str = field(default="question", metadata={"help": "Column holding the question."})
     answer_column: str = field(default="answer", metadata={"help": "Column holding the step-by-step answer."})
+    num_examples: int = field(default=2000, metadata={"help": "Training problems to generate for 'arithmetic'."})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         script, config = parser.parse_json_file(argv[0])
     else:
         script, config = parser.parse_args_into_dataclasses(argv)
+    generator = {"n_train": script.num_examples, "n_test": 1} if script.dataset == "arithmetic" else {}
     data = load_reasoning_dataset(script.dataset, question_column=script.question_column,
-                                  answer_column=script.answer_column)
+                                  answer_column=script.answer_column, **generator)
     train = data["train"] if hasattr(data, "keys") else data
     tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
     student = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, trust_remote_code=config.trust_remote_code)

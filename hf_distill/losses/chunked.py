@@ -66,13 +66,10 @@ def _chunk_terms(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sums of the KD and CE terms and the top-1 agreement count over one chunk of rows."""
     student_logits = student_logits.float()  # (C, Vs)
-    shared = teacher.vocab_size
-    temperature = spec.temperature
-    student_logp = F.log_softmax(student_logits[:, :shared] / temperature, dim=-1)  # (C, V)
-    teacher_logp, teacher_top1 = teacher.log_probs(rows, temperature)  # (C, V), (C,)
-    kd = get_divergence(spec.divergence)(student_logp, teacher_logp, spec.beta).sum() * temperature**2
-    ce = F.cross_entropy(student_logits, targets, reduction="sum")
-    agree = (student_logits[:, :shared].argmax(-1) == teacher_top1).sum()
+    student_logp, teacher_logp, teacher_top1 = teacher.align(student_logits, rows, spec.temperature)  # (C, K) x2
+    kd = get_divergence(spec.divergence)(student_logp, teacher_logp, spec.beta).sum() * spec.temperature**2
+    ce = F.cross_entropy(student_logits, targets, reduction="sum")  # hard labels over the student's full vocab, T=1
+    agree = (student_logits[:, : teacher.vocab_size].argmax(-1) == teacher_top1).sum()
     return kd, ce, agree
 
 

@@ -17,11 +17,20 @@ import torch.nn.functional as F
 
 @runtime_checkable
 class TeacherSignal(Protocol):
+    """The teacher's distributions at N loss tokens, read one chunk of rows at a time."""
+
     num_tokens: int
     vocab_size: int
 
-    def log_probs(self, rows: slice, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Temperature-scaled log-probabilities ``(C, vocab_size)`` and the teacher's top-1 ids ``(C,)``."""
+    def align(
+        self, student_logits: torch.Tensor, rows: slice, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Put a chunk of student logits ``(C, V_student)`` and the teacher on one support.
+
+        Returns temperature-scaled student and teacher log-probabilities ``(C, K)`` over the same K outcomes (the
+        shared vocabulary for a dense teacher; the teacher's top-k tokens plus one "rest" bucket for a sparse one)
+        and the teacher's top-1 token ids ``(C,)``. Differentiable in ``student_logits``.
+        """
 
 
 class NonFiniteTeacherError(FloatingPointError):
@@ -62,6 +71,9 @@ class DenseTeacherSignal:
             )
         return chunk
 
-    def log_probs(self, rows: slice, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.logits(rows)  # (C, V)
-        return F.log_softmax(logits / temperature, dim=-1), logits.argmax(-1)
+    def align(
+        self, student_logits: torch.Tensor, rows: slice, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        teacher_logits = self.logits(rows)  # (C, V)
+        student_logp = F.log_softmax(student_logits[:, : self.vocab_size] / temperature, dim=-1)  # (C, V)
+        return student_logp, F.log_softmax(teacher_logits / temperature, dim=-1), teacher_logits.argmax(-1)

@@ -1,0 +1,40 @@
+"""`hf-distill train`: a whole run from command-line flags and from a YAML file, on local checkpoints."""
+
+from __future__ import annotations
+
+import yaml
+from transformers import AutoModelForCausalLM
+
+from hf_distill.cli import main
+from hf_distill.data.tokenizer import train_tokenizer
+from hf_distill.models import ModelSize, build_llama
+
+
+def _checkpoints(tmp_path):
+    tokenizer = train_tokenizer(["Tom has 12 apples. He has 12+3 = <<12+3=15>>15 apples.\n#### 15"] * 20,
+                                vocab_size=300)
+    for name, size in (("student", ModelSize(16, 1, 2)), ("teacher", ModelSize(32, 1, 2))):
+        build_llama(tokenizer, size).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    return tmp_path / "student", tmp_path / "teacher"
+
+
+def test_train_from_flags_writes_a_reloadable_student(tmp_path):
+    student, teacher = _checkpoints(tmp_path)
+    code = main(["train", "--model_name_or_path", str(student), "--teacher_model_name_or_path", str(teacher),
+                 "--dataset", "arithmetic", "--num_examples", "16", "--output_dir", str(tmp_path / "out"),
+                 "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none",
+                 "--kd_loss", "jsd", "--beta", "0.3", "--gradient_checkpointing", "false"])
+    assert code == 0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.hidden_size == 16
+
+
+def test_train_from_yaml(tmp_path):
+    student, teacher = _checkpoints(tmp_path)
+    recipe = {"model_name_or_path": str(student), "teacher_model_name_or_path": str(teacher), "dataset": "arithmetic",
+              "num_examples": 8, "output_dir": str(tmp_path / "yaml-out"), "max_steps": 1, "report_to": "none",
+              "per_device_train_batch_size": 4, "temperature": 2.0, "gradient_checkpointing": False}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(path)]) == 0
+    assert (tmp_path / "yaml-out" / "model.safetensors").exists()
