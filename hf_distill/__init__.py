@@ -2,7 +2,12 @@
 
 from hf_distill.config import DistillationConfig
 from hf_distill.losses import DIVERGENCES, LossSpec, fused_distillation_loss
+from hf_distill.teacher.cache import TeacherCache
+from hf_distill.teacher.collect import collect_teacher_cache
 from hf_distill.trainer import DistillationTrainer
 
-__all__ = ["DIVERGENCES", "DistillationConfig", "DistillationTrainer", "LossSpec", "fused_distillation_loss"]
+__all__ = [
+    "DIVERGENCES", "DistillationConfig", "DistillationTrainer", "LossSpec", "TeacherCache", "collect_teacher_cache",
+    "fused_distillation_loss",
+]
 __version__ = "0.1.0"

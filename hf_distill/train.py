@@ -3,7 +3,8 @@
     hf-distill train --model_name_or_path ./student --teacher_model_name_or_path ./teacher \
         --dataset arithmetic --output_dir out --max_steps 200 --kd_loss forward_kl --temperature 1.0
 
-Any `TrainingArguments`/`SFTConfig` flag works too; a YAML/JSON file can be passed instead of flags.
+Any `TrainingArguments`/`SFTConfig` flag works too; a YAML/JSON file can be passed instead of flags. With a teacher-logit
+cache (`hf-distill cache-logits`), pass `--teacher_cache DIR` instead of `--teacher_model_name_or_path`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ class ScriptArguments:
     num_examples: int = field(default=2000, metadata={"help": "Training problems to generate for 'arithmetic'."})
 
 
+def training_dataset(source: str, num_examples: int, question_column: str = "question",
+                     answer_column: str = "answer"):
+    """The prompt-completion training split that `hf-distill train` (and `hf-distill cache-logits`) read."""
+    generator = {"n_train": num_examples, "n_test": 1} if source == "arithmetic" else {}
+    data = load_reasoning_dataset(source, question_column=question_column, answer_column=answer_column, **generator)
+    return to_prompt_completion(data["train"] if hasattr(data, "keys") else data)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser((ScriptArguments, DistillationConfig))
     argv = sys.argv[1:] if argv is None else argv
@@ -39,14 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         script, config = parser.parse_json_file(argv[0])
     else:
         script, config = parser.parse_args_into_dataclasses(argv)
-    generator = {"n_train": script.num_examples, "n_test": 1} if script.dataset == "arithmetic" else {}
-    data = load_reasoning_dataset(script.dataset, question_column=script.question_column,
-                                  answer_column=script.answer_column, **generator)
-    train = data["train"] if hasattr(data, "keys") else data
+    train = training_dataset(script.dataset, script.num_examples, script.question_column, script.answer_column)
     tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
     student = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, trust_remote_code=config.trust_remote_code)
-    trainer = DistillationTrainer(student, config, train_dataset=to_prompt_completion(train),
-                                  processing_class=tokenizer)
+    trainer = DistillationTrainer(student, config, train_dataset=train, processing_class=tokenizer)
     trainer.train()
     trainer.save_model(config.output_dir)
     tokenizer.save_pretrained(config.output_dir)

@@ -1,8 +1,9 @@
 """`DistillationTrainer`: TRL's `SFTTrainer` with a teacher.
 
-Swap ``Trainer(...)``/``SFTTrainer(...)`` for ``DistillationTrainer(..., teacher_model=teacher)`` and keep the rest
-of the script. This class only wires things together: the loss lives in :mod:`hf_distill.losses`, the teacher in
-:mod:`hf_distill.teacher`, batch checks in :mod:`hf_distill.batch_checks`.
+Swap ``Trainer(...)``/``SFTTrainer(...)`` for ``DistillationTrainer(..., teacher_model=teacher)`` (or
+``teacher_cache=DIR``, a cache of the teacher's top-k log-probabilities) and keep the rest of the script. This class
+only wires things together: the loss lives in :mod:`hf_distill.losses`, the teacher in :mod:`hf_distill.teacher`,
+batch checks in :mod:`hf_distill.batch_checks`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hf_distill.batch_checks import check_not_empty, check_trial_batch, uses_own
 from hf_distill.config import DistillationConfig
 from hf_distill.losses import LossOutput, fused_distillation_loss
 from hf_distill.modeling import final_hidden_states, has_plain_output_head, output_head, output_vocab_size
+from hf_distill.teacher.cache import CACHE_KEY, CachedTeacher, KeyedCollator, TeacherCache
 from hf_distill.teacher.live import LiveTeacher, load_teacher, load_teacher_tokenizer
 from hf_distill.teacher.vocab import check_same_tokenizer, shared_vocab_size
 
@@ -33,6 +35,9 @@ class DistillationTrainer(SFTTrainer):
             ``args.teacher_model_name_or_path``.
         teacher_processing_class: the teacher's tokenizer, to check it matches the student's. Loaded from the
             teacher's directory when omitted.
+        teacher_cache: instead of a teacher model, a teacher-logit cache (a directory written by ``hf-distill
+            cache-logits``, or a :class:`~hf_distill.teacher.cache.TeacherCache`). Defaults to ``args.teacher_cache``.
+            Checked against the tokenizer, temperature and datasets here, before the first step.
     """
 
     _tag_names = ["trl", "hf_distill", "distillation"]
@@ -50,15 +55,18 @@ class DistillationTrainer(SFTTrainer):
         *,
         teacher_model: str | os.PathLike | nn.Module | None = None,
         teacher_processing_class=None,
+        teacher_cache: str | os.PathLike | TeacherCache | None = None,
         **kwargs,
     ):
         model_name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "student"
         args = DistillationConfig.from_training_args(args, f"{os.path.basename(str(model_name))}-distilled")
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
-        if teacher_model is None:
+        teacher_cache = teacher_cache if teacher_cache is not None else args.teacher_cache
+        if (teacher_model is None) == (teacher_cache is None):
             raise ValueError(
-                "DistillationTrainer needs a teacher: pass `teacher_model=` (a model or a path) or set "
-                "`teacher_model_name_or_path` in DistillationConfig."
+                "DistillationTrainer needs one teacher: pass `teacher_model=` (a model or a path) or set "
+                "`teacher_model_name_or_path` in DistillationConfig, or pass `teacher_cache=` (a directory written by "
+                "`hf-distill cache-logits`)" + (", not both." if teacher_model is not None else ".")
             )
         check_not_empty(train_dataset, "train_dataset")
         if uses_own_collator(data_collator, train_dataset):
@@ -68,8 +76,15 @@ class DistillationTrainer(SFTTrainer):
         # `Trainer` counts `num_items_in_batch` (the loss tokens of the whole accumulated batch) only for models
         # that accept loss kwargs; our loss always uses it.
         self.model_accepts_loss_kwargs = True
-        check_trial_batch(self)
+        self._forward_redirection = _ForwardRedirection()
+        if teacher_cache is not None:
+            self._use_cache(teacher_cache if isinstance(teacher_cache, TeacherCache) else TeacherCache(teacher_cache))
+        check_trial_batch(self)  # before a live teacher is loaded: bad data fails fast
+        if teacher_cache is None:
+            self._use_live_teacher(teacher_model, teacher_processing_class)
 
+    def _use_live_teacher(self, teacher_model, teacher_processing_class) -> None:
+        args = self.args
         teacher_tokenizer = teacher_processing_class or load_teacher_tokenizer(teacher_model)
         teacher = load_teacher(
             teacher_model, args.teacher_dtype, args.teacher_model_init_kwargs, trust_remote_code=args.trust_remote_code
@@ -81,7 +96,15 @@ class DistillationTrainer(SFTTrainer):
         )
         self.loss_spec = args.loss_spec(self.vocab_size)
         self.teacher = self._place_teacher(teacher, args.teacher_device)
-        self._forward_redirection = _ForwardRedirection()
+
+    def _use_cache(self, cache: TeacherCache) -> None:
+        evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
+        datasets = {"train_dataset": self.train_dataset, **{k: v for k, v in evals.items() if v is not None}}
+        cache.check(tokenizer=self._tokenizer, student_vocab_rows=output_vocab_size(self.model),
+                    temperature=self.args.temperature, datasets=datasets)
+        self.data_collator = KeyedCollator(self.data_collator)  # batches carry their examples' cache keys
+        self.teacher, self.vocab_size = CachedTeacher(cache), cache.vocab_size
+        self.loss_spec = self.args.loss_spec(self.vocab_size, sparse=True)
 
     def _place_teacher(self, teacher: nn.Module, device: str | None) -> LiveTeacher:
         if self.is_deepspeed_enabled:
@@ -94,8 +117,8 @@ class DistillationTrainer(SFTTrainer):
         return LiveTeacher(teacher)
 
     @property
-    def teacher_model(self) -> nn.Module:
-        return self.teacher.unwrapped
+    def teacher_model(self) -> nn.Module | None:
+        return self.teacher.unwrapped  # None for a teacher cache
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Run the whole loss inside the (DDP/FSDP/DeepSpeed) wrapper's forward, so its hooks see the lm_head use.
@@ -109,7 +132,7 @@ class DistillationTrainer(SFTTrainer):
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the normaliser is global
         if return_outputs:
             with torch.no_grad():
-                outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
+                outputs = model(**{key: value for key, value in inputs.items() if key not in ("labels", CACHE_KEY)})
             return loss, outputs
         return loss
 

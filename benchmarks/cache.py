@@ -1,0 +1,205 @@
+"""Teacher-logit cache: bytes per token, collection overhead, and the cost of a training step that reads it.
+
+Setup (CPU, nothing downloaded): a random Llama teacher (hidden 256, 4 layers, ~20M parameters) and student (hidden
+128, 4 layers, ~9M parameters), both with a 32000-token vocabulary and untied embeddings, on random pre-tokenized
+sequences whose every position carries loss.
+
+1. **Size**: bytes of the shard files per loss token, against dense float16 logits (2 x V bytes per token).
+2. **Collection**: wall time of ``collect_teacher_cache`` (preparation, teacher, top-k, Arrow writing, fsync, sha256),
+   against a bare ``teacher(**batch).logits`` pass over the same batches. The one-time preparation (SFTTrainer
+   dataset preparation, keys) is also shown on its own.
+3. **Training step**: median wall time of one optimizer step of ``DistillationTrainer(teacher_cache=...)``, against a
+   plain SFT step on the same student, batches and collator: ``trl.SFTTrainer`` (what users run) and a bare
+   ``transformers.Trainer`` (model's own cross-entropy, no extra metrics). For context, a step with the live teacher.
+
+Each timing is the median over ``--steps`` steps after two warm-up steps. Not a test: run it by hand::
+
+    OMP_NUM_THREADS=1 python benchmarks/cache.py                 # ~1.5 minutes on one core
+    python benchmarks/cache.py --examples 32 --steps 2 --vocab 4000   # a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models
+from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainerCallback,
+                          TrainingArguments)
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from hf_distill import DistillationConfig, DistillationTrainer
+from hf_distill.modeling import model_inputs
+from hf_distill.teacher.collect import collect_teacher_cache, prepare_like_trainer
+from hf_distill.teacher.live import load_teacher
+
+SIZE_GOAL, COLLECTION_GOAL, STEP_GOAL = 100.0, 1.10, 1.10
+
+
+def _tokenizer(vocab: int) -> PreTrainedTokenizerFast:
+    words = {f"w{i}": i for i in range(vocab)}
+    backend = Tokenizer(models.WordLevel(words, unk_token="w2"))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="w0", eos_token="w1", unk_token="w2")
+
+
+def _llama(vocab: int, hidden: int, layers: int, seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 32 * 32, num_hidden_layers=layers,
+        num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, max_position_embeddings=1024,
+        pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False,
+    ))
+
+
+class _StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times, self._start = [], 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _common(out: Path, steps: int, batch: int) -> dict:
+    return dict(output_dir=str(out), max_steps=steps + 2, per_device_train_batch_size=batch, report_to=[],
+                save_strategy="no", logging_steps=10**6, disable_tqdm=True, gradient_checkpointing=False, seed=0,
+                dataloader_num_workers=0, learning_rate=1e-4, bf16=False)
+
+
+def _median_step(trainer) -> float:
+    timer = _StepTimer()
+    trainer.add_callback(timer)
+    trainer.train()
+    return statistics.median(timer.times[2:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--top-k", type=int, default=32)
+    parser.add_argument("--examples", type=int, default=48, help="sequences to collect the cache over")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--teachers", default="256x4,512x8", help="teacher sizes, hidden x layers; the first one is "
+                        "also used for the training steps")
+    parser.add_argument("--repeats", type=int, default=2, help="collection and bare passes each run this many times, "
+                        "interleaved; the fastest counts (the machine is shared)")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per trainer (after 2 warm-up)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="hfd-cache-bench-"))
+    try:
+        return _run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _bare_pass(teacher, dataset, collator, batch_size: int) -> float:
+    with torch.no_grad():
+        started = time.perf_counter()
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            teacher(**model_inputs(batch)).logits
+        return time.perf_counter() - started
+
+
+def _collection(args, work: Path, tokenizer, data, hidden: int, layers: int) -> tuple[dict, float, float, float]:
+    """Fastest of ``--repeats`` interleaved runs of a bare forward pass and of a whole collection."""
+    teacher = _llama(args.vocab, hidden, layers, seed=1)
+    config = DistillationConfig(**_common(work / "prep", args.steps, args.batch))
+    started = time.perf_counter()
+    dataset, collator = prepare_like_trainer(load_teacher(teacher), config, data, tokenizer)
+    prepare_s = time.perf_counter() - started
+    _bare_pass(teacher, dataset.select(range(args.batch)), collator, args.batch)  # warm-up
+    bare, collect = [], []
+    for repeat in range(args.repeats):
+        bare.append(_bare_pass(teacher, dataset, collator, args.batch))
+        out = work / f"cache-{hidden}x{layers}-{repeat}"
+        started = time.perf_counter()
+        manifest = collect_teacher_cache(teacher, data, out, tokenizer, args=config, top_k=args.top_k,
+                                         batch_size=args.batch, shard_size=64, log=lambda _: None)
+        collect.append(time.perf_counter() - started)
+    params = sum(p.numel() for p in teacher.parameters()) / 1e6
+    return {"manifest": manifest, "path": out, "params": params, "teacher": teacher}, min(bare), min(collect), prepare_s
+
+
+def _run(args, work: Path) -> int:
+    tokenizer = _tokenizer(args.vocab)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, args.vocab, (args.examples, args.seq), generator=generator).tolist()
+    data = Dataset.from_dict({"input_ids": ids, "labels": ids})
+    student_params = sum(p.numel() for p in _llama(args.vocab, 128, 4, seed=2).parameters()) / 1e6
+    print(f"vocab {args.vocab}, {args.examples} x {args.seq} tokens (all carry loss), batch {args.batch}, "
+          f"k={args.top_k}, student 128x4 ({student_params:.1f}M params), {torch.get_num_threads()} thread(s)")
+
+    rows, collections = [], []
+    for size in args.teachers.split(","):
+        hidden, layers = (int(n) for n in size.split("x"))
+        run, bare_s, collect_s, prepare_s = _collection(args, work, tokenizer, data, hidden, layers)
+        collections.append((f"{hidden}x{layers}", run, bare_s, collect_s))
+        rows += [
+            (f"teacher {hidden}x{layers} ({run['params']:.0f}M): bare forward", f"{bare_s:.2f} s", "1.00x"),
+            (f"teacher {hidden}x{layers}: collection, whole call", f"{collect_s:.2f} s", f"{collect_s / bare_s:.2f}x"),
+            (f"teacher {hidden}x{layers}:   of which preparation", f"{prepare_s:.2f} s", f"{prepare_s / bare_s:.2f}x"),
+        ]
+    first = collections[0][1]
+    tokens = sum(shard["num_tokens"] for shard in first["manifest"]["shards"])
+    per_token = sum(shard["bytes"] for shard in first["manifest"]["shards"]) / tokens
+    dense = 2 * args.vocab
+    rows = [("dense fp16 logits", f"{dense:,.0f} B/token", "1x"),
+            (f"cache, k={args.top_k}", f"{per_token:,.0f} B/token", f"{dense / per_token:.0f}x smaller"), *rows]
+
+    # Training steps on the same student init, data order and collator.
+    common = _common(work / "train", args.steps, args.batch)
+    student = lambda: _llama(args.vocab, 128, 4, seed=2)  # noqa: E731
+    steps = {
+        "Trainer (model's own CE)": _median_step(Trainer(
+            student(), TrainingArguments(**common), train_dataset=data,
+            data_collator=DataCollatorForLanguageModeling(pad_token_id=0))),
+        "SFTTrainer": _median_step(SFTTrainer(student(), SFTConfig(**common), train_dataset=data,
+                                              processing_class=tokenizer)),
+        "DistillationTrainer, cache": _median_step(DistillationTrainer(
+            student(), DistillationConfig(**common), train_dataset=data, processing_class=tokenizer,
+            teacher_cache=first["path"])),
+        f"DistillationTrainer, live {collections[0][0]} teacher": _median_step(DistillationTrainer(
+            student(), DistillationConfig(**common), train_dataset=data, processing_class=tokenizer,
+            teacher_model=first["teacher"])),
+    }
+    plain = steps["Trainer (model's own CE)"]
+    rows += [(f"step: {name}", f"{seconds:.3f} s", f"{seconds / plain:.2f}x") for name, seconds in steps.items()]
+
+    width = max(len(row[0]) for row in rows)
+    print(f"\n| {'what':<{width}} | {'measured':>14} | ratio |\n|{'-' * (width + 2)}|{'-' * 16}|-------|")
+    for name, value, ratio in rows:
+        print(f"| {name:<{width}} | {value:>14} | {ratio} |")
+
+    size_ratio, step_ratio = dense / per_token, steps["DistillationTrainer, cache"] / plain
+    print(f"\nsize: {size_ratio:.0f}x smaller than dense fp16 (goal >= {SIZE_GOAL:.0f}x): "
+          f"{'meets' if size_ratio >= SIZE_GOAL else 'misses'} the goal")
+    for name, _, bare_s, collect_s in collections:
+        print(f"collection, teacher {name}: {collect_s / bare_s:.2f}x a bare forward pass (goal <= "
+              f"{COLLECTION_GOAL:.2f}x): {'meets' if collect_s / bare_s <= COLLECTION_GOAL else 'misses'} the goal")
+    print(f"training step: {step_ratio:.2f}x a plain Trainer CE step, "
+          f"{steps['DistillationTrainer, cache'] / steps['SFTTrainer']:.2f}x an SFTTrainer step (goal <= "
+          f"{STEP_GOAL:.2f}x the plain step): {'meets' if step_ratio <= STEP_GOAL else 'misses'} the goal")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
