@@ -25,15 +25,25 @@ runs after ``--warmup`` warm-up runs, with ``torch.set_num_threads(--threads)``.
 runs (as ``optimizer.zero_grad()`` does), so every run allocates them again and they count towards the peak.
 
 The ``tensor MB`` column is a second, allocator-independent view of memory: the peak bytes of live tensors allocated
-during one extra (untimed) run under ``torch.profiler`` with ``profile_memory=True``. RSS also includes what glibc
-keeps after a free (heap fragmentation, the dynamic mmap threshold), so it can be higher and is not always monotone
-in the chunk size; ``tensor MB`` is what the code itself asks for.
+during one extra (untimed) run under ``torch.profiler`` with ``profile_memory=True``. RSS also counts what glibc keeps
+after a free: with its default dynamic mmap threshold, freed blocks under 32 MiB move the threshold up and later ones
+land on the heap, where they are retained. Chunks whose ``(chunk, V)`` float32 tensors are just under 32 MiB (e.g.
+256 x 32k, 64 x 128k) therefore show a few hundred MB more RSS than tensor MB, so RSS is not monotone in the chunk
+size; running with ``MALLOC_MMAP_THRESHOLD_=1048576`` brings RSS back to about tensor MB.
+
+``cpu s`` is the median CPU time (all threads) of the same runs. On a shared 2-core machine wall time swings by 2x
+with the other processes' load, while CPU time stays within about 10%: compare methods by ``cpu vs ce`` there.
+
+``--ours-impl FILE`` benchmarks a candidate ``fused_distillation_loss`` (same signature) from FILE as
+``ours_chunked``, for A/B tests of a change to ``hf_distill/losses/chunked.py``; ``--from-json`` re-renders a saved
+``--json`` result without running anything.
 
 Usage::
 
     python benchmarks/kd_loss.py                                  # seq 1024, vocab 32000 and 128256
     python benchmarks/kd_loss.py --chunk-sizes 64,128,256,512,1024 --markdown kd_loss.md
     python benchmarks/kd_loss.py --quick                          # tiny sizes, a few seconds per method
+    python benchmarks/kd_loss.py --seq 512 --methods ce,ours_chunked --ours-impl /tmp/candidate_chunked.py
 """
 
 from __future__ import annotations
@@ -177,7 +187,8 @@ def _make_step(method: str, inputs: dict, chunk: int | None, impl: str | None = 
             raise _Skip(f"trl {trl.__version__}: _chunked_divergence_loss{inspect.signature(_chunked_divergence_loss)}")
         mask = torch.ones(labels.shape, dtype=torch.long)
         kwargs = {"temperature": temperature} if "temperature" in params else {}
-        tiles = f"{getattr(chunked_divergence, 'TOKEN_CHUNK_SIZE', '?')}x{getattr(chunked_divergence, 'VOCAB_CHUNK_SIZE', '?')}"
+        tokens, vocab_tile = (getattr(chunked_divergence, n, "?") for n in ("TOKEN_CHUNK_SIZE", "VOCAB_CHUNK_SIZE"))
+        tiles = f"{tokens}x{vocab_tile}"
 
         def step():
             loss, _entropy, _n = _chunked_divergence_loss(
@@ -207,18 +218,19 @@ def _inputs(vocab: int, seq: int, batch: int, hidden: int, teacher_hidden: int, 
     }
 
 
-def _run_once(step, inputs) -> float:
+def _run_once(step, inputs) -> tuple[float, float]:
+    """Wall and CPU (user + system, all threads of this process) seconds of one forward + backward."""
     import time as _time
 
     for name in ("s_hidden", "s_weight"):
         inputs[name].grad = None
-    start = _time.perf_counter()
+    start, start_cpu = _time.perf_counter(), _time.process_time()
     loss = step()
     loss.backward()
-    elapsed = _time.perf_counter() - start
+    elapsed, cpu = _time.perf_counter() - start, _time.process_time() - start_cpu
     if not bool(inputs["s_hidden"].grad.isfinite().all()):
         raise FloatingPointError("non-finite gradient")
-    return elapsed
+    return elapsed, cpu
 
 
 def _tensor_peak_mb(step, inputs) -> float | None:
@@ -276,8 +288,10 @@ def worker(job: dict) -> dict:
         return result
     timed = times[job["warmup"] :] or times
     result.update(
-        time_s=statistics.median(timed),
-        times_s=[round(t, 4) for t in times],
+        time_s=statistics.median(t for t, _ in timed),
+        cpu_s=statistics.median(c for _, c in timed),
+        times_s=[round(t, 4) for t, _ in times],
+        cpu_times_s=[round(c, 4) for _, c in times],
         peak_mb=max(peak_kb - baseline_kb, 0) / 1024,
         baseline_mb=baseline_kb / 1024,
         tensor_mb=tensor_mb,
@@ -347,11 +361,18 @@ def _table_rows(results: list[dict]) -> list[list[str]]:
         ref = ce.get((r["vocab"], r["seq"]))
         t_ratio = f"{r['time_s'] / ref['time_s']:.2f}x" if ref else "-"
         m_ratio = f"{r['peak_mb'] / ref['peak_mb']:.2f}x" if ref and ref["peak_mb"] > 0 else "-"
-        rows.append(base + [f"{r['time_s']:.3f}", _mb(r["peak_mb"]), t_ratio, m_ratio, _mb(r.get("tensor_mb"))])
+        cpu = f"{r['cpu_s']:.3f}" if "cpu_s" in r else "-"
+        c_ratio = f"{r['cpu_s'] / ref['cpu_s']:.2f}x" if ref and "cpu_s" in r and ref.get("cpu_s") else "-"
+        rows.append(
+            base + [f"{r['time_s']:.3f}", _mb(r["peak_mb"]), t_ratio, m_ratio, _mb(r.get("tensor_mb")), cpu, c_ratio]
+        )
     return rows
 
 
-HEADERS = ["method", "vocab", "seq", "chunk", "time s", "peak MB", "time vs ce", "memory vs ce", "tensor MB"]
+HEADERS = [
+    "method", "vocab", "seq", "chunk", "time s", "peak MB", "time vs ce", "memory vs ce",
+    "tensor MB", "cpu s", "cpu vs ce",
+]  # fmt: skip
 
 
 def _verdicts(results: list[dict]) -> list[str]:
@@ -373,13 +394,15 @@ def _verdicts(results: list[dict]) -> list[str]:
             f"{default['peak_mb'] / ce['peak_mb']:.2f}x CE -> {'MEETS' if ok else 'MISSES'} the goal "
             f"<= {MEMORY_GOAL}x CE ({limit:.0f} MB)"
         )
-        fitting = sorted((r for r in ours if r["peak_mb"] <= limit), key=lambda r: r["time_s"])
+        cost = lambda r: r.get("cpu_s", r["time_s"])  # noqa: E731 - CPU time: steadier on a shared machine
+        fitting = sorted((r for r in ours if r["peak_mb"] <= limit), key=cost)
         if len(ours) > 1:
             if fitting:
                 best = fitting[0]
                 line += (
-                    f"; fastest chunk within the goal: {best['chunk']} ({best['time_s']:.2f} s, "
-                    f"{best['peak_mb']:.0f} MB, chunk x vocab = {best['chunk'] * vocab / 2**20:.1f}M)"
+                    f"; cheapest chunk within the goal: {best['chunk']} ({best['time_s']:.2f} s wall, "
+                    f"{cost(best):.2f} s CPU, {best['peak_mb']:.0f} MB, "
+                    f"chunk x vocab = {best['chunk'] * vocab / 2**20:.1f}M)"
                 )
             else:
                 line += "; no swept chunk size meets it"
@@ -404,6 +427,13 @@ def _print_table(rows: list[list[str]]) -> None:
     Console(width=max(120, len(HEADERS) * 14)).print(table)
 
 
+def _load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def _machine_info(args) -> list[str]:
     import torch
 
@@ -424,7 +454,10 @@ def _machine_info(args) -> list[str]:
         "Includes the gradients of the student hidden states and lm_head weight. Tensor MB: peak of live tensor bytes "
         "in one extra run, from torch.profiler allocation events (allocator-independent).",
         *([f"- ours_chunked: candidate implementation from `{args.ours_impl}`"] if args.ours_impl else []),
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M')}",
+        "- cpu s: median CPU time (user + system, all threads) of the same runs; less sensitive than wall time to "
+        "other processes on the machine, though spinning OpenMP threads count in it",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; load average (1/5/15 min) at start {args.load_start}, at end "
+        f"{_load()}: other processes on the machine slow the timings, never the memory columns",
     ]
 
 
@@ -449,7 +482,9 @@ def _int_list(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (vocab 512, seq 64, 1 repeat) for a smoke test")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes (vocab 512, seq 64, 1 repeat) for a smoke test"
+    )
     parser.add_argument("--seq", type=int, default=1024, help="sequence length (default 1024)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--vocabs", type=_int_list, default=[32000, 128256], help="comma-separated vocab sizes")
@@ -473,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per configuration")
     parser.add_argument("--markdown", help="also write the table as markdown (with machine info) to this path")
     parser.add_argument("--json", help="also write the raw results as JSON to this path")
+    parser.add_argument("--from-json", help="print (and --markdown) the table of a saved --json file; runs nothing")
     args = parser.parse_args(argv)
 
     if args.worker:
@@ -487,20 +523,25 @@ def main(argv: list[str] | None = None) -> int:
         args.vocabs, args.seq, args.repeats = [512], 64, 1
         args.chunk_sizes = args.chunk_sizes or [16]
 
+    args.load_start = _load()
     results = []
-    jobs = _jobs(args)
+    jobs = [] if args.from_json else _jobs(args)
+    if args.from_json:
+        with open(args.from_json) as f:
+            results = json.load(f)
     started = time.perf_counter()
     for i, job in enumerate(jobs, 1):
         t0 = time.perf_counter()
         result = _run_job(job, args.timeout)
         results.append(result)
         shown = result.get("time_s")
-        status = (
-            f"{shown:.3f} s, {result['peak_mb']:.0f} MB" if shown is not None else result.get("skipped") or result.get("error")
-        )
+        if shown is not None:
+            status = f"{shown:.3f} s, {result['peak_mb']:.0f} MB"
+        else:
+            status = result.get("skipped") or result.get("error")
         print(
-            f"[{i}/{len(jobs)}] {job['method']} vocab={job['vocab']} seq={job['seq']} chunk={result.get('chunk', job['chunk'])}: "
-            f"{status} ({time.perf_counter() - t0:.0f} s wall)",
+            f"[{i}/{len(jobs)}] {job['method']} vocab={job['vocab']} seq={job['seq']} "
+            f"chunk={result.get('chunk', job['chunk'])}: {status} ({time.perf_counter() - t0:.0f} s wall)",
             file=sys.stderr,
             flush=True,
         )

@@ -47,8 +47,8 @@ class DemoSettings:
     vocab_size: int = 512
     teacher: ModelSize = ModelSize(hidden_size=192, num_layers=4, num_heads=4)
     student: ModelSize = ModelSize(hidden_size=96, num_layers=2, num_heads=4)
-    teacher_steps: int = 600
-    student_steps: int = 400
+    teacher_steps: int = 1500
+    student_steps: int = 600
     batch_size: int = 32
     teacher_lr: float = 3e-3
     student_lr: float = 3e-3
@@ -157,7 +157,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, log=prin
     # 3. teacher by plain SFT
     teacher_fp = settings.fingerprint(*_TEACHER_FIELDS)
     if not stages.done("teacher", teacher_fp):
-        log(f"[stage] teacher: SFT for {settings.teacher_steps} steps")
+        log(f"stage 3/6 teacher: SFT for {settings.teacher_steps} steps")
         began = time.perf_counter()
         model = build_llama(tokenizer, settings.teacher, seed=settings.seed)
         staging = stages.staging("teacher")
@@ -174,7 +174,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, log=prin
     for name in ("student-kd", "student-sft"):
         if stages.done(name, student_fp):
             continue
-        log(f"[stage] {name}: {settings.student_steps} steps")
+        log(f"stage {4 if name == 'student-kd' else 5}/6 {name}: {settings.student_steps} steps")
         began = time.perf_counter()
         student = build_llama(tokenizer, settings.student, seed=settings.seed + 1)
         staging = stages.staging(name)
@@ -192,7 +192,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, log=prin
         result.seconds[name] = time.perf_counter() - began
 
     # 6. evaluation
-    log("[stage] evaluation: greedy generation on the test split")
+    log("stage 6/6 evaluation: greedy generation on the test split")
     began = time.perf_counter()
     evals: dict[str, ReasoningEval] = {}
     for name in ("teacher", "student-kd", "student-sft"):
