@@ -76,7 +76,8 @@ class DemoResult:
 
 _DATA_FIELDS = ("seed", "n_train", "n_test", "max_value", "min_steps", "max_steps")
 _TEACHER_FIELDS = (*_DATA_FIELDS, "vocab_size", "teacher", "teacher_steps", "batch_size", "teacher_lr")
-_STUDENT_FIELDS = (*_TEACHER_FIELDS, "student", "student_steps", "student_lr", "kd_loss", "temperature", "alpha")
+_SFT_STUDENT_FIELDS = (*_TEACHER_FIELDS, "student", "student_steps", "student_lr")
+_KD_STUDENT_FIELDS = (*_SFT_STUDENT_FIELDS, "kd_loss", "temperature", "alpha")
 
 
 class _Stages:
@@ -170,8 +171,8 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, log=prin
     teacher = AutoModelForCausalLM.from_pretrained(stages.root / "teacher")
 
     # 4-5. the same student init, distilled vs SFT only
-    student_fp = settings.fingerprint(*_STUDENT_FIELDS)
-    for name in ("student-kd", "student-sft"):
+    for name, fields in (("student-kd", _KD_STUDENT_FIELDS), ("student-sft", _SFT_STUDENT_FIELDS)):
+        student_fp = settings.fingerprint(*fields)
         if stages.done(name, student_fp):
             continue
         log(f"stage {4 if name == 'student-kd' else 5}/6 {name}: {settings.student_steps} steps")
