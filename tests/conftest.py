@@ -44,6 +44,25 @@ def make_llama(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0
     return LlamaForCausalLM(config)
 
 
+def tiny_config(tmp_path, **overrides):
+    """A DistillationConfig for a few quick steps on the CPU, writing under ``tmp_path``."""
+    from hf_distill import DistillationConfig
+
+    values = dict(
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, report_to=[], logging_steps=1,
+        save_strategy="no", gradient_checkpointing=False, dataloader_num_workers=0, seed=0,
+    )
+    values.update(overrides)
+    return DistillationConfig(**values)
+
+
+def prompt_completion(rows: slice = slice(0, 48)) -> Dataset:
+    """CORPUS split into a prompt (masked from the loss) and a completion."""
+    texts = CORPUS[rows]
+    return Dataset.from_dict({"prompt": [t.split(", so ")[0] + ", so" for t in texts],
+                              "completion": [" " + t.split(", so ")[1] for t in texts]})
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CORPUS, make_llama, make_tokenizer
+from conftest import CORPUS, make_llama, make_tokenizer, prompt_completion, tiny_config
 from datasets import Dataset
 from transformers import TrainerCallback
 
@@ -159,25 +159,14 @@ def test_keyed_collator_doctest():
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _config(tmp_path, **overrides) -> DistillationConfig:
-    values = dict(
-        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, report_to=[], logging_steps=1,
-        save_strategy="no", gradient_checkpointing=False, dataloader_num_workers=0, seed=0,
-    )
-    values.update(overrides)
-    return DistillationConfig(**values)
 
 
-def _prompt_completion(rows=slice(0, 24)) -> Dataset:
-    texts = CORPUS[rows]
-    return Dataset.from_dict({"prompt": [t.split(", so ")[0] + ", so" for t in texts],
-                              "completion": [" " + t.split(", so ")[1] for t in texts]})
 
 
 def _collect(tmp_path, tokenizer, teacher, name="cache", dataset=None, **kwargs):
     kwargs = {"top_k": 6, "shard_size": 8, "batch_size": 3, **kwargs}
-    dataset = _prompt_completion() if dataset is None else dataset
-    collect_teacher_cache(teacher, dataset, tmp_path / name, tokenizer, args=_config(tmp_path), log=lambda _: None,
+    dataset = prompt_completion(slice(0, 24)) if dataset is None else dataset
+    collect_teacher_cache(teacher, dataset, tmp_path / name, tokenizer, args=tiny_config(tmp_path), log=lambda _: None,
                           **kwargs)
     return tmp_path / name
 
@@ -189,8 +178,8 @@ def test_collected_cache_matches_a_direct_teacher_forward(tmp_path, tokenizer, t
     assert manifest["complete"] and manifest["num_shards"] == 3 and manifest["temperature"] == 2.0
     assert manifest["dtypes"] == {"token_ids": "uint16", "logprobs": "float32", "tail_logprob": "float32"}
     assert all(len(shard["sha256"]) == 64 for shard in manifest["shards"])
-    trainer_view = DistillationTrainer(make_llama(len(tokenizer), 32, 1), _config(tmp_path, temperature=2.0),
-                                       train_dataset=_prompt_completion(), processing_class=tokenizer,
+    trainer_view = DistillationTrainer(make_llama(len(tokenizer), 32, 1), tiny_config(tmp_path, temperature=2.0),
+                                       train_dataset=prompt_completion(slice(0, 24)), processing_class=tokenizer,
                                        teacher_cache=cache)
     for index in (0, 7, 23):  # examples from all three shards
         example = trainer_view.train_dataset[index]
@@ -310,16 +299,16 @@ def test_rerun_with_other_settings_in_the_same_directory_is_refused(tmp_path, to
 @pytest.mark.parametrize("field", ["dataset_fingerprint", "tokenizer_fingerprint", "temperature"])
 def test_cache_made_for_another_run_fails_at_construction_naming_the_field(tmp_path, tokenizer, teacher, field):
     directory = _collect(tmp_path, tokenizer, teacher)
-    student_tokenizer, dataset, temperature = tokenizer, _prompt_completion(), 1.0
+    student_tokenizer, dataset, temperature = tokenizer, prompt_completion(slice(0, 24)), 1.0
     if field == "dataset_fingerprint":
-        dataset = _prompt_completion(slice(20, 44))  # overlaps the cached rows, but not entirely
+        dataset = prompt_completion(slice(20, 44))  # overlaps the cached rows, but not entirely
     elif field == "tokenizer_fingerprint":
         student_tokenizer = make_tokenizer()
         student_tokenizer.backend_tokenizer.add_tokens(["<zzz>"])
     else:
         temperature = 2.0
     with pytest.raises(CacheMismatchError) as error:
-        DistillationTrainer(make_llama(len(student_tokenizer), 32, 1), _config(tmp_path, temperature=temperature),
+        DistillationTrainer(make_llama(len(student_tokenizer), 32, 1), tiny_config(tmp_path, temperature=temperature),
                             train_dataset=dataset, processing_class=student_tokenizer, teacher_cache=str(directory))
     assert error.value.field == field and field in str(error.value)
     if field == "temperature":
@@ -330,8 +319,8 @@ def test_cache_made_for_another_run_fails_at_construction_naming_the_field(tmp_p
 
 def test_teacher_cache_and_teacher_model_are_exclusive(tmp_path, tokenizer, teacher):
     with pytest.raises(ValueError, match="not both"):
-        DistillationTrainer(make_llama(len(tokenizer), 32, 1), _config(tmp_path, teacher_cache=str(tmp_path)),
-                            train_dataset=_prompt_completion(), processing_class=tokenizer, teacher_model=teacher)
+        DistillationTrainer(make_llama(len(tokenizer), 32, 1), tiny_config(tmp_path, teacher_cache=str(tmp_path)),
+                            train_dataset=prompt_completion(slice(0, 24)), processing_class=tokenizer, teacher_model=teacher)
 
 
 class _GradCapture(TrainerCallback):
@@ -346,7 +335,7 @@ def _train_and_capture(tmp_path, tokenizer, dataset, **teacher):
     capture = _GradCapture()
     trainer = DistillationTrainer(
         make_llama(len(tokenizer), 32, 1, seed=1),
-        _config(tmp_path, max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        tiny_config(tmp_path, max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
                 temperature=2.0, alpha=0.3, kd_loss="jsd", beta=0.4, learning_rate=1e-2, logging_steps=3,
                 **teacher.pop("config", {})),
         train_dataset=dataset, eval_dataset=dataset.select(range(4)), processing_class=tokenizer,
@@ -360,7 +349,7 @@ def test_training_from_a_full_k_cache_matches_the_live_teacher_under_shuffle_acc
     tmp_path, tokenizer, teacher
 ):
     # 6 examples, 4 per optimizer step: step 2 crosses into the second epoch, reshuffled.
-    dataset = _prompt_completion(slice(0, 6))
+    dataset = prompt_completion(slice(0, 6))
     directory = _collect(tmp_path, tokenizer, teacher, dataset=dataset, top_k=len(tokenizer), shard_size=4,
                          temperature=2.0, logprob_dtype="float32")
     live, live_eval = _train_and_capture(tmp_path, tokenizer, dataset, teacher_model=teacher)
@@ -383,10 +372,10 @@ def test_students_trained_on_larger_k_end_closer_to_the_teacher(tmp_path, tokeni
     for k in (1, 8, len(tokenizer)):
         directory = _collect(tmp_path, tokenizer, teacher, name=f"k{k}", dataset=data, top_k=k, shard_size=16)
         student = make_llama(len(tokenizer), 32, 1, seed=1)
-        probe = DistillationTrainer(student, _config(tmp_path, alpha=0.0), train_dataset=data, eval_dataset=data,
+        probe = DistillationTrainer(student, tiny_config(tmp_path, alpha=0.0), train_dataset=data, eval_dataset=data,
                                     processing_class=tokenizer, teacher_model=teacher)
         before = probe.evaluate()["eval_kd_loss"]
-        DistillationTrainer(student, _config(tmp_path, max_steps=30, learning_rate=1e-2, alpha=0.0),
+        DistillationTrainer(student, tiny_config(tmp_path, max_steps=30, learning_rate=1e-2, alpha=0.0),
                             train_dataset=data, processing_class=tokenizer, teacher_cache=directory).train()
         kl_after[k] = probe.evaluate()["eval_kd_loss"]
     assert before > kl_after[1] > kl_after[8] > kl_after[len(tokenizer)], (before, kl_after)  # measured: 1.25 >

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CORPUS, make_llama, make_tokenizer
+from conftest import CORPUS, make_llama, make_tokenizer, prompt_completion, tiny_config
 from datasets import Dataset
 from transformers import (
     AutoModelForCausalLM,
@@ -22,19 +22,8 @@ from hf_distill.modeling import has_plain_output_head
 from hf_distill.teacher.vocab import VocabularyMismatchError
 
 
-def _config(tmp_path, **overrides) -> DistillationConfig:
-    values = dict(
-        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, report_to=[], logging_steps=1,
-        save_strategy="no", gradient_checkpointing=False, dataloader_num_workers=0, seed=0,
-    )
-    values.update(overrides)
-    return DistillationConfig(**values)
 
 
-def _prompt_completion() -> Dataset:
-    prompts = [text.split(", so ")[0] + ", so" for text in CORPUS[:48]]
-    completions = [" " + text.split(", so ")[1] for text in CORPUS[:48]]
-    return Dataset.from_dict({"prompt": prompts, "completion": completions})
 
 
 def _reference_loss(student, teacher, batch, temperature, alpha, vocab):
@@ -52,8 +41,8 @@ def _reference_loss(student, teacher, batch, temperature, alpha, vocab):
 
 
 def test_loss_matches_full_logit_reference_and_masks_prompt_tokens(tmp_path, tokenizer, student, teacher):
-    trainer = DistillationTrainer(student, _config(tmp_path, temperature=2.0, alpha=0.25, kd_chunk_size=5),
-                                  train_dataset=_prompt_completion(), processing_class=tokenizer, teacher_model=teacher)
+    trainer = DistillationTrainer(student, tiny_config(tmp_path, temperature=2.0, alpha=0.25, kd_chunk_size=5),
+                                  train_dataset=prompt_completion(), processing_class=tokenizer, teacher_model=teacher)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     want, mask = _reference_loss(student, teacher, batch, 2.0, 0.25, len(tokenizer))
     assert 0 < mask.sum() < (batch["attention_mask"][:, 1:] == 1).sum()  # prompt tokens really are masked
@@ -67,7 +56,7 @@ def test_loss_matches_full_logit_reference_and_masks_prompt_tokens(tmp_path, tok
 
 def test_teacher_with_padded_vocabulary_is_sliced_to_the_tokenizer(tmp_path, tokenizer, student):
     padded_teacher = make_llama(len(tokenizer) + 8, hidden=64, layers=2, seed=5)  # like 151936 vs 152064
-    trainer = DistillationTrainer(student, _config(tmp_path, alpha=0.0), train_dataset=_prompt_completion(),
+    trainer = DistillationTrainer(student, tiny_config(tmp_path, alpha=0.0), train_dataset=prompt_completion(),
                                   processing_class=tokenizer, teacher_model=padded_teacher)
     assert trainer.vocab_size == len(tokenizer)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
@@ -92,7 +81,7 @@ def test_one_batch_of_8_and_four_micro_batches_of_2_give_the_same_gradient(tmp_p
         capture = _GradCapture()
         trainer = DistillationTrainer(
             make_llama(len(tokenizer), 32, 1, seed=1),
-            _config(tmp_path, max_steps=1, per_device_train_batch_size=batch_size,
+            tiny_config(tmp_path, max_steps=1, per_device_train_batch_size=batch_size,
                     gradient_accumulation_steps=accumulation, temperature=2.0, alpha=0.3),
             train_dataset=dataset, processing_class=tokenizer, teacher_model=make_llama(len(tokenizer), 64, 2, seed=2),
             callbacks=[capture],
@@ -108,7 +97,7 @@ def test_training_lowers_held_out_student_teacher_kl(tmp_path, tokenizer, studen
     data = Dataset.from_dict({"text": CORPUS})
     split = data.train_test_split(test_size=0.2, seed=0)
     trainer = DistillationTrainer(
-        student, _config(tmp_path, max_steps=40, learning_rate=3e-3, alpha=0.0, logging_steps=10),
+        student, tiny_config(tmp_path, max_steps=40, learning_rate=3e-3, alpha=0.0, logging_steps=10),
         train_dataset=split["train"], eval_dataset=split["test"], processing_class=tokenizer, teacher_model=teacher,
     )
     before = trainer.evaluate()["eval_kd_loss"]
@@ -169,7 +158,7 @@ def test_teacher_from_local_path_is_frozen_and_unchanged(tmp_path, tokenizer, st
     teacher.save_pretrained(teacher_dir)
     tokenizer.save_pretrained(teacher_dir)
     before = {name: p.clone() for name, p in teacher.state_dict().items()}
-    trainer = DistillationTrainer(student, _config(tmp_path, max_steps=3, learning_rate=1e-2),
+    trainer = DistillationTrainer(student, tiny_config(tmp_path, max_steps=3, learning_rate=1e-2),
                                   train_dataset=Dataset.from_dict({"text": CORPUS[:32]}), processing_class=tokenizer,
                                   teacher_model=str(teacher_dir))
     trainer.train()
@@ -180,9 +169,9 @@ def test_teacher_from_local_path_is_frozen_and_unchanged(tmp_path, tokenizer, st
     assert trainer.state.log_history[0]["kd_loss"] > 0
 
 
-def test_teacher_path_can_come_from_the_config(tmp_path, tokenizer, student, teacher):
+def test_teacher_path_can_come_from_thetiny_config(tmp_path, tokenizer, student, teacher):
     teacher.save_pretrained(tmp_path / "t")
-    trainer = DistillationTrainer(student, _config(tmp_path, teacher_model_name_or_path=str(tmp_path / "t"),
+    trainer = DistillationTrainer(student, tiny_config(tmp_path, teacher_model_name_or_path=str(tmp_path / "t"),
                                                    teacher_dtype="bfloat16"),
                                   train_dataset=Dataset.from_dict({"text": CORPUS[:8]}), processing_class=tokenizer)
     assert trainer.teacher_model.dtype == torch.bfloat16
@@ -191,7 +180,7 @@ def test_teacher_path_can_come_from_the_config(tmp_path, tokenizer, student, tea
 
 def test_missing_teacher_is_an_error(tmp_path, tokenizer, student):
     with pytest.raises(ValueError, match="teacher_model"):
-        DistillationTrainer(student, _config(tmp_path), train_dataset=Dataset.from_dict({"text": CORPUS[:8]}),
+        DistillationTrainer(student, tiny_config(tmp_path), train_dataset=Dataset.from_dict({"text": CORPUS[:8]}),
                             processing_class=tokenizer)
 
 
@@ -200,7 +189,7 @@ def test_different_tokenizer_is_rejected_with_the_fix(tmp_path, tokenizer, stude
     other.backend_tokenizer.add_tokens(["<zzz>"])  # one token moves: ids no longer mean the same thing
     other_teacher = make_llama(len(other), 64, 2, seed=3)
     with pytest.raises(VocabularyMismatchError, match="traces"):
-        DistillationTrainer(student, _config(tmp_path), train_dataset=Dataset.from_dict({"text": CORPUS[:8]}),
+        DistillationTrainer(student, tiny_config(tmp_path), train_dataset=Dataset.from_dict({"text": CORPUS[:8]}),
                             processing_class=tokenizer, teacher_model=other_teacher, teacher_processing_class=other)
 
 
@@ -208,7 +197,7 @@ def test_untokenized_data_with_a_stock_collator_fails_at_construction(tmp_path, 
     # TRL tokenizes the text and adds ragged `labels`, which transformers' collator cannot pad: fail now, not at step 1
     ragged = Dataset.from_dict({"text": [CORPUS[0], CORPUS[1] + " " + CORPUS[2]]})
     with pytest.raises(ValueError, match="data collator cannot batch"):
-        DistillationTrainer(student, _config(tmp_path), train_dataset=ragged,
+        DistillationTrainer(student, tiny_config(tmp_path), train_dataset=ragged,
                             data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
                             processing_class=tokenizer, teacher_model=teacher)
 
@@ -219,13 +208,13 @@ def test_messages_dataset_without_chat_template_fails_at_construction(tmp_path, 
     no_template = copy.deepcopy(tokenizer)
     no_template.chat_template = None
     with pytest.raises(ValueError, match="chat.template|chat_template"):
-        DistillationTrainer(student, _config(tmp_path), train_dataset=messages, processing_class=no_template,
+        DistillationTrainer(student, tiny_config(tmp_path), train_dataset=messages, processing_class=no_template,
                             teacher_model=teacher)
 
 
 def test_empty_dataset_is_rejected(tmp_path, tokenizer, student, teacher):
     with pytest.raises(ValueError, match="empty"):
-        DistillationTrainer(student, _config(tmp_path), train_dataset=Dataset.from_dict({"text": []}),
+        DistillationTrainer(student, tiny_config(tmp_path), train_dataset=Dataset.from_dict({"text": []}),
                             processing_class=tokenizer, teacher_model=teacher)
 
 
