@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 import hf_distill.teacher.cache as cache_module
 import hf_distill.teacher.collect as collect_module
-from hf_distill import DistillationConfig, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.cli import main
 from hf_distill.losses import DIVERGENCES, LossSpec, fused_distillation_loss, get_divergence
 from hf_distill.losses.sparse import sparse_chunk_terms
