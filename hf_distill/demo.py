@@ -46,7 +46,7 @@ class DemoSettings:
     max_steps: int = 2
     vocab_size: int = 512
     teacher: ModelSize = ModelSize(hidden_size=192, num_layers=4, num_heads=4)
-    student: ModelSize = ModelSize(hidden_size=96, num_layers=2, num_heads=4)
+    student: ModelSize = ModelSize(hidden_size=128, num_layers=2, num_heads=4)
     teacher_steps: int = 1500
     student_steps: int = 600
     batch_size: int = 32
@@ -54,7 +54,7 @@ class DemoSettings:
     student_lr: float = 3e-3
     kd_loss: str = "forward_kl"
     temperature: float = 1.0
-    alpha: float = 0.5
+    alpha: float = 0.8
     max_new_tokens: int = 64
 
     @classmethod
