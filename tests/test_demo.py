@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_distill.cli import main
 from hf_distill.data.tokenizer import train_tokenizer
-from hf_distill.demo import DemoSettings, run_demo
+from hf_distill.demo import DemoSettings, run_demo, settings_with
 from hf_distill.models import build_llama, count_parameters
 
 
@@ -55,9 +55,7 @@ def test_rerun_reuses_finished_stages(demo_copy):
 def test_changed_settings_retrain_the_affected_stages(demo_copy):
     tmp_path = demo_copy
     logged = []
-    changed = DemoSettings.fast()
-    changed = type(changed)(**{**changed.__dict__, "alpha": 0.9})
-    run_demo(tmp_path, changed, log=logged.append)
+    run_demo(tmp_path, settings_with(DemoSettings.fast(), alpha=0.9), log=logged.append)
     assert any("student-kd" in line for line in logged)
     assert not any("teacher: SFT" in line or "student-sft:" in line for line in logged)  # KD knobs only
 
