@@ -34,9 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models
-from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainerCallback,
-                          TrainingArguments)
+from transformers import Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -45,33 +43,9 @@ from hf_distill.modeling import model_inputs
 from hf_distill.teacher.collect import collect_teacher_cache, prepare_like_trainer
 from hf_distill.teacher.live import load_teacher
 
+from _common import StepTimer, llama as _llama, word_tokenizer as _tokenizer  # noqa: E402 (benchmarks/ is on sys.path)
+
 SIZE_GOAL, COLLECTION_GOAL, STEP_GOAL = 100.0, 1.10, 1.10
-
-
-def _tokenizer(vocab: int) -> PreTrainedTokenizerFast:
-    words = {f"w{i}": i for i in range(vocab)}
-    backend = Tokenizer(models.WordLevel(words, unk_token="w2"))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="w0", eos_token="w1", unk_token="w2")
-
-
-def _llama(vocab: int, hidden: int, layers: int, seed: int) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 32 * 32, num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, max_position_embeddings=1024,
-        pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False,
-    ))
-
-
-class _StepTimer(TrainerCallback):
-    def __init__(self):
-        self.times, self._start = [], 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
 
 
 def _common(out: Path, steps: int, batch: int) -> dict:
@@ -81,10 +55,10 @@ def _common(out: Path, steps: int, batch: int) -> dict:
 
 
 def _median_step(trainer) -> float:
-    timer = _StepTimer()
+    timer = StepTimer()
     trainer.add_callback(timer)
     trainer.train()
-    return statistics.median(timer.times[2:])
+    return statistics.median(timer.wall[2:])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ with the other processes' load, while CPU time stays within about 10%: compare m
 
 Usage::
 
-    python benchmarks/kd_loss.py                                  # seq 1024, vocab 32000 and 128256
+    python benchmarks/kd_loss.py                                  # seq 512 and 1024, vocab 32000 and 128256
     python benchmarks/kd_loss.py --chunk-sizes 64,128,256,512,1024 --markdown kd_loss.md
     python benchmarks/kd_loss.py --quick                          # tiny sizes, a few seconds per method
     python benchmarks/kd_loss.py --seq 512 --methods ce,ours_chunked --ours-impl /tmp/candidate_chunked.py
@@ -311,12 +311,13 @@ def _jobs(args) -> list[dict]:
     base["tensor_peak"] = not args.no_tensor_peak
     jobs = []
     for vocab in args.vocabs:
-        for method in args.methods:
-            chunks = [None]  # None: the method's own default (ours: DistillationConfig.loss_spec)
-            if method == "ours_chunked":
-                chunks += args.chunk_sizes
-            for chunk in chunks:
-                jobs.append({**base, "method": method, "vocab": vocab, "seq": args.seq, "chunk": chunk})
+        for seq in args.seq:
+            for method in args.methods:
+                chunks = [None]  # None: the method's own default (ours: DistillationConfig.loss_spec)
+                if method == "ours_chunked":
+                    chunks += args.chunk_sizes
+                for chunk in chunks:
+                    jobs.append({**base, "method": method, "vocab": vocab, "seq": seq, "chunk": chunk})
     return jobs
 
 
@@ -437,12 +438,9 @@ def _load() -> str:
 def _machine_info(args) -> list[str]:
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from _common import cpu_name  # benchmarks/ is on sys.path when this file runs as a script
+
+    cpu = cpu_name()
     return [
         f"- CPU: {cpu} ({os.cpu_count()} logical cores visible), torch.set_num_threads({args.threads})",
         f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}",
@@ -485,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes (vocab 512, seq 64, 1 repeat) for a smoke test"
     )
-    parser.add_argument("--seq", type=int, default=1024, help="sequence length (default 1024)")
+    parser.add_argument("--seq", type=_int_list, default=[512, 1024], help="comma-separated sequence lengths")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--vocabs", type=_int_list, default=[32000, 128256], help="comma-separated vocab sizes")
     parser.add_argument("--hidden", type=int, default=512, help="student hidden size")
@@ -520,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if args.quick:
-        args.vocabs, args.seq, args.repeats = [512], 64, 1
+        args.vocabs, args.seq, args.repeats = [512], [64], 1
         args.chunk_sizes = args.chunk_sizes or [16]
 
     args.load_start = _load()

@@ -15,6 +15,21 @@ def check_not_empty(dataset, name: str) -> None:
         raise ValueError(f"`{name}` is empty: there is nothing to distil on. Check the split and any filtering.")
 
 
+def check_columns(dataset, text_field: str, name: str = "train_dataset") -> None:
+    """Untokenized data must be in one of the formats `SFTTrainer` reads; otherwise it fails later with a KeyError."""
+    columns = getattr(dataset, "column_names", None)
+    if not columns or "input_ids" in columns or text_field in columns or "messages" in columns:
+        return
+    if "prompt" in columns and "completion" in columns:
+        return
+    raise ValueError(
+        f"`{name}` has columns {columns}, none of the formats the trainer reads: `{text_field}` (plain text), "
+        "`messages` (chat), `prompt` + `completion`, or tokenized `input_ids` (+ `labels`). Fix: rename the columns "
+        "(`dataset.rename_columns({...})`) or set `dataset_text_field`; GSM8K-style question/answer data converts "
+        "with `hf_distill.data.reasoning.to_prompt_completion`."
+    )
+
+
 def uses_own_collator(data_collator, train_dataset) -> bool:
     """A user collator over already tokenized data: the shape of a stock ``transformers.Trainer`` script."""
     if data_collator is None or isinstance(data_collator, (TRLCollator, TRLVisionCollator)):
@@ -26,6 +41,12 @@ def uses_own_collator(data_collator, train_dataset) -> bool:
 def check_trial_batch(trainer: Trainer, num_examples: int = 2) -> None:
     """Collate the first examples exactly as the train dataloader will, and check the batch can be distilled."""
     dataset = trainer.train_dataset
+    if isinstance(dataset, datasets.Dataset) and len(dataset) == 0:  # TRL drops examples left with no loss token
+        raise ValueError(
+            "No example of `train_dataset` has a token that carries loss: after tokenization every label is -100, so "
+            "every example was dropped. Check `completion_only_loss` / `assistant_only_loss`, that completions are not "
+            "truncated away by `max_length` (and `truncation_mode`), and that tokenized `labels` are not all -100."
+        )
     if isinstance(dataset, datasets.Dataset):
         sample = trainer._remove_unused_columns(dataset.select(range(min(num_examples, len(dataset)))), "training")
         examples = list(sample)

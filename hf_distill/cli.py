@@ -90,16 +90,38 @@ def _train(argv: list[str]) -> int:
     return train_main(argv)
 
 
-COMMANDS = {"demo": _demo, "train": _train, "cache-logits": _cache_logits}
+def _cascade(argv: list[str]) -> int:
+    from hf_distill.cascade import main as cascade_main
+
+    return cascade_main(argv)
+
+
+def _traces(argv: list[str]) -> int:
+    from hf_distill.traces.cli import main as traces_main
+
+    return traces_main(argv)
+
+
+def _push(argv: list[str]) -> int:
+    from hf_distill.hub import main as push_main
+
+    return push_main(argv)
+
+
+COMMANDS = {"demo": _demo, "train": _train, "cache-logits": _cache_logits, "cascade": _cascade, "push": _push,
+            "traces": _traces}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: hf-distill {demo,train,cache-logits} [options]\n\n"
+        print("usage: hf-distill {demo,train,cache-logits,cascade,push,traces} [options]\n\n"
               "  demo          distil an embedded reasoning task end to end (no downloads)\n"
               "  train         distil with DistillationConfig arguments (see `hf-distill train --help`)\n"
-              "  cache-logits  run a teacher once and cache its top-k log-probabilities for `train --teacher_cache`")
+              "  cache-logits  run a teacher once and cache its top-k log-probabilities for `train --teacher_cache`\n"
+              "  cascade       run a YAML recipe of stages, each student teaching the next (`--dry-run`: the plan)\n"
+              "  push          publish a model folder (safetensors + card) to the Hugging Face Hub\n"
+              "  traces        sample a teacher's reasoning traces, keep the verified ones (`hf-distill traces -h`)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return COMMANDS[argv[0]](argv[1:])
 

@@ -9,12 +9,15 @@ import torch
 from transformers import TrainingArguments
 from trl import SFTConfig
 
+from hf_distill.features.settings import check_feature_settings
 from hf_distill.losses import LossSpec
 from hf_distill.losses.divergences import DIVERGENCES
+from hf_distill.quantization import QUANTIZATION_MODES
+from hf_distill.redact import RedactedTokens
 
 
-@dataclass
-class DistillationConfig(SFTConfig):
+@dataclass(repr=False)  # RedactedTokens' repr: a dataclass one would print `hub_token`
+class DistillationConfig(RedactedTokens, SFTConfig):
     """Configuration for :class:`~hf_distill.DistillationTrainer`.
 
     Everything from `SFTConfig`/`TrainingArguments` works as usual; the fields below only describe the teacher and
@@ -48,6 +51,15 @@ class DistillationConfig(SFTConfig):
         default=None,
         metadata={"help": "Device for the teacher (e.g. 'cuda:1'); default: the student's device."},
     )
+    teacher_quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "Load the teacher with bitsandbytes in '8bit' or '4bit' (NF4, double quantisation; compute in "
+            "`teacher_dtype`, default bfloat16 where supported): its decoder layers take 4x / 7.5x less memory than "
+            "in float32 (embeddings and lm_head stay in `teacher_dtype`). Needs a teacher given as a path or hub id.",
+            "choices": list(QUANTIZATION_MODES),
+        },
+    )
     kd_loss: str = field(
         default="forward_kl",
         metadata={
@@ -77,9 +89,62 @@ class DistillationConfig(SFTConfig):
         default=None,
         metadata={
             "help": "Tokens per chunk of the KD loss; its extra memory is about 4 x chunk x vocab floats. "
-            "Default: chosen so that chunk x vocab is about 32M (1024 tokens at a 32k vocabulary); 4M with a "
-            "`teacher_cache` (128 tokens at 32k), which measured fastest for the sparse loss on CPU."
+            "Default: 128 tokens (fewer when chunk x vocab would pass 32M, never under 64); 4M / vocab with a "
+            "`teacher_cache` (128 tokens at 32k). Both stay well within 1.25x the memory of plain CE on CPU."
         },
+    )
+
+    feature_layers: str = field(
+        default="uniform",
+        metadata={
+            "help": "Hidden-state alignment: teacher:student layer pairs such as '0:0,2:1,4:2' (0 = embeddings, i = "
+            "output of layer i), or 'uniform' (student layer j <- teacher layer round(j * L_t / L_s)). Used when "
+            "feature_weight > 0 or attention_weight > 0."
+        },
+    )
+    feature_loss: str = field(
+        default="mse",
+        metadata={"help": "Hidden-state loss per pair: 'mse', 'cosine' or 'nmse' (MSE of per-token standardised "
+                  "states: scale-free).", "choices": ["mse", "cosine", "nmse"]},
+    )
+    feature_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the hidden-state alignment loss (per loss token, added to the KD loss); "
+                  "0 = off (no hidden states are collected)."},
+    )
+    feature_pair_weights: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated weight per layer pair, e.g. '0.5,1' (default 1 each)."},
+    )
+    feature_projector: str = field(
+        default="linear",
+        metadata={"help": "Map from student to teacher width, trained with the student and kept out of the saved "
+                  "model: 'linear' or 'identity' (equal widths only).", "choices": ["linear", "identity"]},
+    )
+    attention_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of attention-map transfer (KL per head at the feature_layers pairs); 0 = off. "
+                  "Needs attn_implementation='eager' and equal head counts in both models."},
+    )
+    co_distill: bool = field(
+        default=False,
+        metadata={"help": "Co-distillation (mutual learning): also train the teacher on its CE + KD from the "
+                  "student. Saved to output_dir/teacher. Helps peers of similar size, not a strong teacher."},
+    )
+    teacher_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the teacher with co_distill (default: learning_rate)."},
+    )
+
+    curriculum: str | None = field(
+        default=None,
+        metadata={"help": "Order training from easy to hard by 'num_steps', 'length', 'teacher_loss' (the live "
+                  "teacher's loss per example) or a numeric column name; default: random order. See "
+                  "hf_distill.curriculum."},
+    )
+    curriculum_epochs: int = field(
+        default=1,
+        metadata={"help": "Epochs ordered easy to hard before shuffling uniformly (with `curriculum`)."},
     )
 
     def __post_init__(self):
@@ -89,9 +154,18 @@ class DistillationConfig(SFTConfig):
             self.bf16 = False
         super().__post_init__()
         LossSpec(self.kd_loss, self.temperature, self.alpha, self.beta, self.kd_chunk_size)  # validates ranges
+        _check_teacher_quantization(self)
+        check_feature_settings(self)
+        if self.curriculum is not None and self.train_sampling_strategy != "random":
+            raise ValueError(f"curriculum={self.curriculum!r} sets the order of training examples itself: drop "
+                             f"train_sampling_strategy={self.train_sampling_strategy!r} or curriculum.")
+        if self.curriculum_epochs < 1:
+            raise ValueError(f"curriculum_epochs must be at least 1, got {self.curriculum_epochs}")
 
     def loss_spec(self, vocab_size: int, sparse: bool = False) -> LossSpec:
-        chunk = self.kd_chunk_size or max(64, (2**22 if sparse else 2**25) // max(vocab_size, 1))
+        # measured on CPU (benchmarks/RESULTS.md): 128 tokens keeps the dense loss at 0.4-0.8x CE memory at 32k-128k
+        per_vocab = 2**22 // max(vocab_size, 1) if sparse else min(128, 2**25 // max(vocab_size, 1))
+        chunk = self.kd_chunk_size or max(64, per_vocab)
         return LossSpec(self.kd_loss, self.temperature, self.alpha, self.beta, chunk)
 
     @classmethod
@@ -104,6 +178,23 @@ class DistillationConfig(SFTConfig):
         values = args.to_dict()
         values["hub_token"] = args.hub_token  # to_dict hides it
         return cls(**values)
+
+
+def _check_teacher_quantization(config: DistillationConfig) -> None:
+    if config.teacher_quantization is None:
+        return
+    if config.teacher_quantization not in QUANTIZATION_MODES:
+        raise ValueError(f"teacher_quantization={config.teacher_quantization!r}: use '8bit', '4bit' or leave it unset.")
+    if config.teacher_cache is not None:
+        raise ValueError("teacher_quantization applies to a live teacher, not to a `teacher_cache`: unset one of them.")
+    if getattr(config, "co_distill", False):
+        raise ValueError("co_distill trains the teacher's weights, which bitsandbytes-quantised weights cannot be: "
+                         "unset teacher_quantization or co_distill.")
+    init_kwargs = config.teacher_model_init_kwargs
+    if isinstance(init_kwargs, dict) and "quantization_config" in init_kwargs:
+        raise ValueError(
+            "Both teacher_quantization and teacher_model_init_kwargs['quantization_config'] are set: keep one."
+        )
 
 
 def _has_bf16_accelerator() -> bool:

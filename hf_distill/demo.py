@@ -5,7 +5,8 @@ Stages, each written in Hugging Face format under the output directory and skipp
 1. ``data/``: arithmetic word problems in GSM8K format (generated, deterministic by seed).
 2. ``tokenizer/``: a byte-level BPE trained on the task, with a chat template.
 3. ``teacher/``: a small Llama trained by plain SFT.
-4. ``student-kd/``: a >= 4x smaller Llama distilled from the teacher with logit KD.
+4. ``student-kd/``: a >= 4x smaller Llama cut out of the teacher's weights (:mod:`hf_distill.shrink`: all layers,
+   narrower) and distilled from the teacher with logit KD.
 5. ``student-sft/``: the same student (same init, data and steps) trained by SFT only: the baseline.
 6. ``results.json``: accuracy, agreement with the teacher, parameters and generation speed of all three.
 """
@@ -31,6 +32,7 @@ from hf_distill.data.reasoning import to_prompt_completion
 from hf_distill.data.tokenizer import train_tokenizer
 from hf_distill.evaluation import ReasoningEval, answer_agreement, evaluate_reasoning
 from hf_distill.models import ModelSize, build_llama
+from hf_distill.shrink import ShrinkSpec, shrink_model
 from hf_distill.trainer import DistillationTrainer
 
 
@@ -46,13 +48,16 @@ class DemoSettings:
     max_steps: int = 2
     vocab_size: int = 512
     teacher: ModelSize = ModelSize(hidden_size=192, num_layers=4, num_heads=4)
-    student: ModelSize = ModelSize(hidden_size=128, num_layers=2, num_heads=4)
+    # 4.1x fewer parameters than the teacher. Measured (600 steps): a shrink of the teacher reaches 54-56% where a
+    # randomly initialised 128x2 student of the same size reaches 38-40%, with KD or SFT alike.
+    student: ShrinkSpec = ShrinkSpec(hidden_size=96, intermediate_size=224, num_attention_heads=2,
+                                     num_key_value_heads=2)
     teacher_steps: int = 1500
     student_steps: int = 600
     batch_size: int = 32
     teacher_lr: float = 3e-3
     student_lr: float = 3e-3
-    kd_loss: str = "forward_kl"
+    kd_loss: str = "reverse_kl"  # measured 54.5% vs 42.0% for forward_kl on this student (alpha 0.8)
     temperature: float = 1.0
     alpha: float = 0.8
     max_new_tokens: int = 64
@@ -60,7 +65,8 @@ class DemoSettings:
     @classmethod
     def fast(cls) -> "DemoSettings":
         """A seconds-long run for tests and smoke checks: same pipeline, toy sizes."""
-        return cls(n_train=64, n_test=8, vocab_size=300, teacher=ModelSize(32, 1, 2), student=ModelSize(16, 1, 2),
+        return cls(n_train=64, n_test=8, vocab_size=300, teacher=ModelSize(32, 1, 2),
+                   student=ShrinkSpec(hidden_size=16, intermediate_size=32, num_attention_heads=1),
                    teacher_steps=3, student_steps=3, batch_size=8, max_new_tokens=24)
 
     def fingerprint(self, *fields: str) -> str:
@@ -177,7 +183,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, log=prin
             continue
         log(f"stage {4 if name == 'student-kd' else 5}/6 {name}: {settings.student_steps} steps")
         began = time.perf_counter()
-        student = build_llama(tokenizer, settings.student, seed=settings.seed + 1)
+        student, _ = shrink_model(teacher, settings.student)
         staging = stages.staging(name)
         common = _training_args(settings, staging / "run", settings.student_steps, settings.student_lr)
         if name == "student-kd":

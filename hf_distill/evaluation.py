@@ -41,20 +41,23 @@ def generate(
     max_new_tokens: int = 128,
     batch_size: int = 64,
     progress: bool = False,
+    generation_kwargs: dict | None = None,
 ) -> tuple[list[str], float]:
-    """Greedy completions of ``prompts`` and the generation speed in new tokens per second."""
+    """Completions of ``prompts`` (greedy unless ``generation_kwargs`` say otherwise) and the generation speed in new
+    tokens per second. With ``num_return_sequences=n`` the n completions of each prompt are consecutive."""
     was_training = model.training
     model.eval()
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # decoder-only: pad on the left
     device = next(model.parameters()).device
+    options = {"do_sample": False, **(generation_kwargs or {})}
     texts, new_tokens, seconds = [], 0, 0.0
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc="generating", disable=not progress, leave=False):
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
             began = time.perf_counter()
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                    eos_token_id=tokenizer.eos_token_id, **options)
             seconds += time.perf_counter() - began
             completion = output[:, batch["input_ids"].shape[1] :]  # (B, new)
             new_tokens += int((completion != tokenizer.pad_token_id).sum())

@@ -36,7 +36,9 @@ def has_plain_output_head(model: nn.Module) -> bool:
         return False
     head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
     backbone = getattr(model, "base_model", None)
-    return isinstance(head, nn.Linear) and backbone is not None and backbone is not model
+    # bitsandbytes' quantised layers subclass nn.Linear but hold packed integer weights: use the model's logits.
+    plain = isinstance(head, nn.Linear) and head.weight.dtype.is_floating_point
+    return plain and backbone is not None and backbone is not model
 
 
 def output_head(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -47,7 +49,8 @@ def output_head(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def output_vocab_size(model: nn.Module) -> int:
     """Rows of the output embedding: the width of the logits, padding rows included."""
-    return output_head(model)[0].shape[0]
+    head = unwrap_peft(model).get_output_embeddings()
+    return getattr(head, "out_features", None) or head.weight.shape[0]  # a quantised weight's shape is packed
 
 
 def model_inputs(inputs: dict) -> dict:
@@ -56,9 +59,20 @@ def model_inputs(inputs: dict) -> dict:
     return {key: inputs[key] for key in keys if key in inputs and inputs[key] is not None}
 
 
-def final_hidden_states(model: nn.Module, inputs: dict, use_head: bool) -> torch.Tensor:
-    """``(B, T, H)`` final (normed) hidden states when ``use_head``, otherwise the ``(B, T, V)`` logits."""
+def forward_outputs(model: nn.Module, inputs: dict, use_head: bool, **kwargs):
+    """The backbone's outputs when ``use_head`` (no logits computed), otherwise the model's; ``kwargs`` such as
+    ``output_hidden_states=True`` go to the forward. Read the final states with :func:`final_output`."""
     if use_head:
         backbone = unwrap_peft(model).base_model
-        return backbone(**model_inputs(inputs), use_cache=False).last_hidden_state
-    return model(**model_inputs(inputs), use_cache=False).logits
+        return backbone(**model_inputs(inputs), use_cache=False, **kwargs)
+    return model(**model_inputs(inputs), use_cache=False, **kwargs)
+
+
+def final_output(outputs, use_head: bool) -> torch.Tensor:
+    """``(B, T, H)`` final (normed) hidden states when ``use_head``, otherwise the ``(B, T, V)`` logits."""
+    return outputs.last_hidden_state if use_head else outputs.logits
+
+
+def final_hidden_states(model: nn.Module, inputs: dict, use_head: bool) -> torch.Tensor:
+    """``(B, T, H)`` final (normed) hidden states when ``use_head``, otherwise the ``(B, T, V)`` logits."""
+    return final_output(forward_outputs(model, inputs, use_head), use_head)

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         script, config = parser.parse_args_into_dataclasses(argv)
     train = training_dataset(script.dataset, script.num_examples, script.question_column, script.answer_column)
     tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
-    student = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, trust_remote_code=config.trust_remote_code)
+    student = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, trust_remote_code=config.trust_remote_code,
+                                                   use_safetensors=True)  # never unpickle a downloaded .bin
     trainer = DistillationTrainer(student, config, train_dataset=train, processing_class=tokenizer)
     trainer.train()
     trainer.save_model(config.output_dir)

@@ -12,14 +12,22 @@ import os
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainingArguments
 from trl import SFTTrainer
 from trl.models.utils import _ForwardRedirection, prepare_deepspeed, prepare_fsdp
 
-from hf_distill.batch_checks import check_not_empty, check_trial_batch, uses_own_collator
+from hf_distill.batch_checks import check_columns, check_not_empty, check_trial_batch, uses_own_collator
+from hf_distill.checkpoints import discard_failed_save, resolve_resume
+from hf_distill.codistill import save_teacher, teacher_param_group, unfreeze_teacher
 from hf_distill.config import DistillationConfig
+from hf_distill.curriculum import curriculum_sampler
+from hf_distill.features.checkpoint import ExtraModulesCallback, restore_extra_modules, save_extra_modules
+from hf_distill.features.objective import AlignedObjective, build_aligner
+from hf_distill.features.settings import require_live_teacher
 from hf_distill.losses import LossOutput, fused_distillation_loss
 from hf_distill.modeling import final_hidden_states, has_plain_output_head, output_head, output_vocab_size
+from hf_distill.quantization import keep_4bit_trainable
 from hf_distill.teacher.cache import CACHE_KEY, CachedTeacher, KeyedCollator, TeacherCache
 from hf_distill.teacher.live import LiveTeacher, load_teacher, load_teacher_tokenizer
 from hf_distill.teacher.vocab import check_same_tokenizer, shared_vocab_size
@@ -69,6 +77,7 @@ class DistillationTrainer(SFTTrainer):
                 "`hf-distill cache-logits`)" + (", not both." if teacher_model is not None else ".")
             )
         check_not_empty(train_dataset, "train_dataset")
+        check_columns(train_dataset, args.dataset_text_field)
         if uses_own_collator(data_collator, train_dataset):
             # A stock transformers script: tokenized data + its own collator. Keep both exactly as `Trainer` would.
             args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
@@ -76,7 +85,9 @@ class DistillationTrainer(SFTTrainer):
         # `Trainer` counts `num_items_in_batch` (the loss tokens of the whole accumulated batch) only for models
         # that accept loss kwargs; our loss always uses it.
         self.model_accepts_loss_kwargs = True
+        keep_4bit_trainable(self.model)  # a QLoRA student must not switch to bnb's CPU inference kernel after eval
         self._forward_redirection = _ForwardRedirection()
+        self._aligned, self._extra_modules, self._extra_param_groups = None, {}, []  # see _setup_latent_alignment
         if teacher_cache is not None:
             self._use_cache(teacher_cache if isinstance(teacher_cache, TeacherCache) else TeacherCache(teacher_cache))
         check_trial_batch(self)  # before a live teacher is loaded: bad data fails fast
@@ -87,7 +98,8 @@ class DistillationTrainer(SFTTrainer):
         args = self.args
         teacher_tokenizer = teacher_processing_class or load_teacher_tokenizer(teacher_model)
         teacher = load_teacher(
-            teacher_model, args.teacher_dtype, args.teacher_model_init_kwargs, trust_remote_code=args.trust_remote_code
+            teacher_model, args.teacher_dtype, args.teacher_model_init_kwargs, trust_remote_code=args.trust_remote_code,
+            quantization=args.teacher_quantization, device=args.teacher_device,
         )
         if teacher_tokenizer is not None:
             check_same_tokenizer(self._tokenizer, teacher_tokenizer)
@@ -95,9 +107,41 @@ class DistillationTrainer(SFTTrainer):
             output_vocab_size(self.model), output_vocab_size(teacher), len(self._tokenizer)
         )
         self.loss_spec = args.loss_spec(self.vocab_size)
+        teacher = unfreeze_teacher(teacher) if args.co_distill else teacher
         self.teacher = self._place_teacher(teacher, args.teacher_device)
+        self._setup_latent_alignment()
+
+    def _setup_latent_alignment(self) -> None:
+        """Feature alignment / co-distillation (off by default): modules trained beside the student, never in it."""
+        args = self.args
+        aligner = build_aligner(args, self.model, self.teacher.unwrapped)
+        if aligner is None and not args.co_distill:
+            return
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or self.optimizer is not None:
+            raise ValueError("Feature alignment and co_distill train modules beside the student with the Trainer's "
+                             "own optimizer, on one device or DDP: drop `optimizers=`/DeepSpeed/FSDP or turn them off.")
+        if aligner is not None and any(True for _ in aligner.parameters()):
+            self._extra_modules["feature_projectors"] = aligner.to(self.accelerator.device)
+            self._extra_param_groups.append({"params": list(aligner.parameters()), "weight_decay": args.weight_decay})
+        if args.co_distill:
+            teacher = self._extra_modules["codistill_teacher"] = self.teacher.unwrapped
+            self._extra_param_groups.append(teacher_param_group(
+                teacher, args.teacher_learning_rate or args.learning_rate, args.weight_decay))
+            self.teacher.model = self._ddp(teacher)
+        self._aligned = AlignedObjective(self.teacher, self._ddp(aligner), self.vocab_size, self.loss_spec,
+                                         args.feature_weight, args.attention_weight, args.co_distill)
+        self.add_callback(ExtraModulesCallback(self._extra_modules, args.max_grad_norm))
+
+    def _ddp(self, module: nn.Module | None) -> nn.Module | None:
+        """Under DDP, a module trained outside ``self.model`` needs its own wrapper to all-reduce its gradients.
+        Plain DDP, not ``accelerator.prepare_model``: that would also run it under autocast, unlike one process."""
+        if module is None or not any(True for _ in module.parameters()) or self.accelerator.num_processes == 1:
+            return module
+        device = self.accelerator.device
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
     def _use_cache(self, cache: TeacherCache) -> None:
+        require_live_teacher(self.args, uses_cache=True)
         evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
         datasets = {"train_dataset": self.train_dataset, **{k: v for k, v in evals.items() if v is not None}}
         cache.check(tokenizer=self._tokenizer, student_vocab_rows=output_vocab_size(self.model),
@@ -116,9 +160,26 @@ class DistillationTrainer(SFTTrainer):
             teacher = teacher.to(torch.device(device) if device else self.accelerator.device)
         return LiveTeacher(teacher)
 
+    def _save_checkpoint(self, model, trial) -> None:
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as error:  # disk full mid-save: leave no half-written checkpoint-N to resume from
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            raise discard_failed_save(folder, error) from error
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:  # beside their optimizer state, before trainer_state.json marks the save complete
+            save_extra_modules(self._extra_modules, output_dir)
+
     @property
     def teacher_model(self) -> nn.Module | None:
         return self.teacher.unwrapped  # None for a teacher cache
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.curriculum is None:
+            return super()._get_train_sampler(train_dataset)
+        return curriculum_sampler(self, train_dataset if train_dataset is not None else self.train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Run the whole loss inside the (DDP/FSDP/DeepSpeed) wrapper's forward, so its hooks see the lm_head use.
@@ -137,6 +198,8 @@ class DistillationTrainer(SFTTrainer):
         return loss
 
     def _distillation_loss(self, student: nn.Module, inputs: dict, num_items_in_batch) -> LossOutput:
+        if self._aligned is not None:  # hidden-state alignment and/or co-distillation: hf_distill.features.objective
+            return self._aligned(student, inputs, num_items_in_batch)
         use_head = has_plain_output_head(student)
         states = final_hidden_states(student, inputs, use_head)  # (B, T, H) or (B, T, V)
         targets = inputs["labels"][:, 1:].to(states.device)  # next-token labels, (B, T-1)
@@ -151,17 +214,34 @@ class DistillationTrainer(SFTTrainer):
     def _log_loss_parts(self, output: LossOutput, inputs: dict) -> None:
         mode = "train" if self.model.training else "eval"
         gather = self.accelerator.gather_for_metrics
-        stats = torch.stack([output.kd_sum, output.ce_sum, output.top1_agree]).float()
+        extras = getattr(output, "extra_sums", {})  # feature/attention/teacher losses, see AlignedLossOutput
+        sums = [output.kd_sum, output.ce_sum, output.top1_agree, *extras.values()]
+        stats = torch.stack([t.to(output.kd_sum.device, torch.float32) for t in sums])
         count = torch.tensor(float(output.num_tokens), device=stats.device)
         stats, count = gather(stats[None]).sum(0), gather(count[None]).sum()
         if count > 0:
-            kd, ce, agree = (stats / count).tolist()
-            self._metrics[mode]["kd_loss"].append(kd)
-            self._metrics[mode]["ce_loss"].append(ce)
-            self._metrics[mode]["top1_agreement"].append(agree)
+            for name, value in zip(("kd_loss", "ce_loss", "top1_agreement", *extras), (stats / count).tolist()):
+                self._metrics[mode][name].append(value)
         if mode == "train" and "attention_mask" in inputs:
             self._total_train_tokens += gather(inputs["attention_mask"].sum()[None]).sum().item()
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    def create_optimizer(self, model=None):
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        for group in self._extra_param_groups if fresh else []:  # projectors / co-trained teacher
+            optimizer.add_param_group(dict(group))
+        return optimizer
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        # `True` means the newest checkpoint whose save finished, not one a crash left half-written.
+        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        if self._extra_modules and resume_from_checkpoint:  # projectors / co-trained teacher live outside the model
+            restore_extra_modules(self._extra_modules, resume_from_checkpoint)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self.args.co_distill and self.args.should_save:
+            save_teacher(self.teacher.unwrapped, self.args.output_dir, self.processing_class)
+        return output
 
     def _set_signature_columns_if_needed(self):
         if self._skip_prepare_dataset and not self._is_vision_dataset:

@@ -12,6 +12,7 @@ from hf_distill.cli import main
 from hf_distill.data.tokenizer import train_tokenizer
 from hf_distill.demo import DemoSettings, run_demo, settings_with
 from hf_distill.models import build_llama, count_parameters
+from hf_distill.shrink import shrink_model
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,9 @@ def test_default_student_is_at_least_4x_smaller_than_teacher():
     settings = DemoSettings()
     tokenizer = train_tokenizer(["Tom has 12 apples. He has 12+3 = <<12+3=15>>15 apples.\n#### 15"] * 20,
                                 vocab_size=settings.vocab_size)
-    teacher = count_parameters(build_llama(tokenizer, settings.teacher))
-    student = count_parameters(build_llama(tokenizer, settings.student))
-    assert teacher >= 4 * student
+    teacher = build_llama(tokenizer, settings.teacher)
+    student, _ = shrink_model(teacher, settings.student)
+    assert count_parameters(teacher) >= 4 * count_parameters(student)
 
 
 def test_cli_demo_fast_prints_the_table(demo_copy, capsys):

@@ -230,3 +230,74 @@ def test_top1_agreement_counts_matching_argmax():
     out = fused_distillation_loss(student, None, None, DenseTeacherSignal(teacher, 3), torch.zeros(3, dtype=torch.long),
                                   LossSpec())
     assert out.top1_agree.item() == 2
+
+
+# ---- the hand-written forward-KL path (hf_distill.losses.dense) and gradient bookkeeping --------------------------
+
+
+@pytest.mark.parametrize("name, beta", [("forward_kl", 0.5), ("jsd", 0.0), ("reverse_kl", 0.5)])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("student_rows", [123, 130])  # 130: the student's embedding has 7 padding rows
+def test_chunked_matches_dense_with_padded_student_vocab(name, beta, temperature, student_rows):
+    h, _, _, th, tw, y = _problem(n=47)
+    g = torch.Generator().manual_seed(1)
+    w = (torch.randn(student_rows, 24, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
+    b = (torch.randn(student_rows, generator=g, dtype=torch.float64) * 0.1).requires_grad_()
+    y[:3] = student_rows - 1  # hard labels may point at a padding row: the CE is over the student's full vocab
+    spec = LossSpec(name, temperature=temperature, alpha=0.3, beta=beta, chunk_size=10)
+    out = fused_distillation_loss(h, w, b, DenseTeacherSignal(th, 123, tw), y, spec, num_items_in_batch=60)
+    grads = torch.autograd.grad(out.loss, [h, w, b])
+
+    reference = LossSpec("forward_kl", temperature, 0.3) if name == "jsd" else spec  # TRL: jsd at beta 0 = KL(p||q)
+    want = _naive_objective(F.linear(h, w, b), th @ tw.T, y, reference, 123, 60)
+    want_grads = torch.autograd.grad(want, [h, w, b])
+    torch.testing.assert_close(out.loss.double(), want, rtol=1e-5, atol=1e-7)
+    for got, ref in zip(grads, want_grads):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "tvd"])
+def test_logits_input_and_teacher_logits_are_not_modified(name):
+    h, w, b, th, tw, y = _problem(n=30)
+    logits = F.linear(h, w, b).detach().requires_grad_()
+    teacher_logits = th @ tw.T
+    before = logits.detach().clone(), teacher_logits.clone()
+    out = fused_distillation_loss(logits, None, None, DenseTeacherSignal(teacher_logits, 123), y,
+                                  LossSpec(name, chunk_size=7))
+    out.loss.backward()
+    assert torch.equal(logits.detach(), before[0]) and torch.equal(teacher_logits, before[1])
+
+
+def test_float32_forward_kl_matches_float64_reference():
+    h, w, b, th, tw, y = _problem(dtype=torch.float32)
+    spec = LossSpec("forward_kl", 1.0, 0.5, chunk_size=16)
+    out = fused_distillation_loss(h, w, b, DenseTeacherSignal(th, 123, tw), y, spec)
+    grad_h, grad_w = torch.autograd.grad(out.loss, [h, w])
+    h64, w64, b64 = (t.detach().double().requires_grad_() for t in (h, w, b))
+    want = _naive_objective(F.linear(h64, w64, b64), (th @ tw.T).double(), y, spec, 123, y.numel())
+    want_h, want_w = torch.autograd.grad(want, [h64, w64])
+    assert out.loss.item() == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(grad_h.double(), want_h, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad_w.double(), want_w, rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_head_gives_only_the_hidden_state_gradient_and_no_grad_gives_the_same_loss():
+    h, w, b, th, tw, y = _problem(n=30)
+    teacher, spec = DenseTeacherSignal(th, 123, tw), LossSpec("forward_kl", 1.0, 0.3, chunk_size=8)
+    frozen = fused_distillation_loss(h, w.detach(), b.detach(), teacher, y, spec)
+    (grad_h,) = torch.autograd.grad(frozen.loss, [h])
+    full = fused_distillation_loss(h, w, b, teacher, y, spec)
+    torch.testing.assert_close(grad_h, torch.autograd.grad(full.loss, [h])[0])
+    with torch.no_grad():
+        evaluated = fused_distillation_loss(h, w, b, teacher, y, spec)
+    assert not evaluated.loss.requires_grad
+    torch.testing.assert_close(evaluated.loss, full.loss.detach())
+    torch.testing.assert_close(evaluated.top1_agree, full.top1_agree)
+
+
+def test_a_second_backward_through_the_loss_fails_with_a_clear_error():
+    h, w, b, th, tw, y = _problem(n=10)
+    out = fused_distillation_loss(h, w, b, DenseTeacherSignal(th, 123, tw), y, LossSpec())
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        out.loss.backward()

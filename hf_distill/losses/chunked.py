@@ -11,10 +11,11 @@ Naive equivalent (what this module computes, for N loss tokens, student logits `
 micro-batches of 2 give the same gradient.
 
 The naive version keeps several ``(N, V)`` float32 tensors alive until backward. Here the student may be given as
-final hidden states plus its ``lm_head`` weight: each chunk is projected, its loss and its gradients with respect to
-the hidden states and the head are taken at once (as Liger-Kernel's fused linear losses do), and only the
-``(N, H)`` gradient is kept. Peak extra memory is a few ``chunk_size x V`` tensors plus one ``V x H`` weight
-gradient, which the optimizer needs anyway.
+final hidden states plus its ``lm_head`` weight: each chunk is projected, its loss and its gradient with respect to
+the chunk's logits are taken at once (as Liger-Kernel's fused linear losses do) and projected straight back into the
+``(N, H)`` hidden-state gradient and one ``V x H`` weight gradient, accumulated in place (which the optimizer needs
+anyway). Peak extra memory is about three ``chunk_size x V`` float32 tensors for the default forward KL, whose
+gradient is written by hand (:mod:`hf_distill.losses.dense`), and about five for the other divergences (autograd).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hf_distill.losses.dense import dense_forward_kl_terms, is_forward_kl
 from hf_distill.losses.divergences import get_divergence
 from hf_distill.losses.sparse import sparse_chunk_terms
-from hf_distill.teacher.signals import SparseTeacherSignal, TeacherSignal
+from hf_distill.teacher.signals import DenseTeacherSignal, SparseTeacherSignal, TeacherSignal
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,14 @@ class LossSpec:
     def __post_init__(self):
         get_divergence(self.divergence)  # fail early on an unknown name
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}. Typical values are 1.0-2.0.")
+            raise ValueError(f"temperature must be > 0, got {self.temperature}. Fix: set a positive `temperature`; "
+                             "1.0-2.0 is typical.")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha (weight of the hard-label CE) must be in [0, 1], got {self.alpha}.")
+            raise ValueError(f"alpha (weight of the hard-label CE) must be in [0, 1], got {self.alpha}. Fix: 0 is pure "
+                             "distillation, 1 plain SFT; the default is 0.5.")
         if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"beta (mixture weight of jsd/skew losses) must be in [0, 1], got {self.beta}.")
+            raise ValueError(f"beta (mixture weight of jsd/skew losses) must be in [0, 1], got {self.beta}. Fix: 0.5 "
+                             "is usual for jsd, 0.1 for the skew losses.")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of tokens or None, got {self.chunk_size}.")
 
@@ -62,63 +67,112 @@ class LossOutput:
     num_tokens: int
 
 
-def _chunk_terms(
+def _autograd_terms(
     student_logits: torch.Tensor, teacher: TeacherSignal, rows: slice, targets: torch.Tensor, spec: LossSpec
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sums of the KD and CE terms and the top-1 agreement count over one chunk of rows."""
-    student_logits = student_logits.float()  # (C, Vs)
+    """Sums of the KD and CE terms and the top-1 agreement count over one chunk of rows, differentiable."""
     if isinstance(teacher, SparseTeacherSignal):  # the same terms, fused by hand (about 3x faster at 32k vocab)
         return sparse_chunk_terms(student_logits, teacher, rows, targets, spec)
     student_logp, teacher_logp, teacher_top1 = teacher.align(student_logits, rows, spec.temperature)  # (C, K) x2
     kd = get_divergence(spec.divergence)(student_logp, teacher_logp, spec.beta).sum() * spec.temperature**2
-    ce = F.cross_entropy(student_logits, targets, reduction="sum")  # hard labels over the student's full vocab, T=1
+    if spec.temperature == 1.0 and student_logp.shape[1] == student_logits.shape[1]:
+        ce = F.nll_loss(student_logp, targets, reduction="sum")  # student_logp is log_softmax(student_logits) here
+    else:
+        ce = F.cross_entropy(student_logits, targets, reduction="sum")  # hard labels over the full vocab, T = 1
     agree = (student_logits[:, : teacher.vocab_size].argmax(-1) == teacher_top1).sum()
     return kd, ce, agree
 
 
-def _project(hidden: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    return hidden if weight is None else F.linear(hidden.to(weight.dtype), weight, bias)
+def _chunk_terms(
+    logits: torch.Tensor, teacher: TeacherSignal, rows: slice, targets: torch.Tensor, spec: LossSpec, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """kd, ce, agree over one chunk and, if ``need_grad``, ``d(alpha ce + (1 - alpha) kd) / d logits``.
+
+    ``logits`` ``(C, Vs)`` is a float32 tensor owned by this call (the dense forward-KL path overwrites it).
+    """
+    if isinstance(teacher, DenseTeacherSignal) and is_forward_kl(spec.divergence, spec.beta):
+        return dense_forward_kl_terms(logits, teacher, rows, targets, spec.temperature, spec.alpha, need_grad)
+    leaf = logits.requires_grad_(need_grad)
+    with torch.enable_grad():
+        kd, ce, agree = _autograd_terms(leaf, teacher, rows, targets, spec)
+        total = spec.alpha * ce + (1.0 - spec.alpha) * kd
+    grad = torch.autograd.grad(total, leaf)[0] if need_grad else None
+    return kd.detach(), ce.detach(), agree, grad
+
+
+@torch.no_grad()
+def _chunked_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    teacher: TeacherSignal,
+    targets: torch.Tensor,
+    spec: LossSpec,
+    grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] = (None, None, None),
+) -> torch.Tensor:
+    """Loops over chunks of rows; returns the float64 sums (kd, ce, agree) and adds the unnormalised gradients into
+    ``grads`` = (hidden, weight, bias) buffers where they are not None.
+
+    Each chunk's ``(C, V)`` logit gradient is projected back at once (``grad_weight += g.T @ h``, in place), so no
+    ``(V, H)`` weight gradient is ever allocated per chunk and no logits outlive their chunk.
+    """
+    grad_hidden, grad_weight, grad_bias = grads
+    need_grad = any(g is not None for g in grads)
+    stats = torch.zeros(3, dtype=torch.float64, device=hidden.device)  # kd, ce, agree
+    chunk = spec.chunk_size or max(hidden.shape[0], 1)
+    for start in range(0, hidden.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        h = hidden[rows].detach()  # (C, H), or (C, Vs) logits
+        if weight is None:
+            logits = h.to(torch.float32, copy=True)  # the caller's logits: not ours to overwrite
+        else:
+            h = h.to(weight.dtype)
+            logits = F.linear(h, weight, bias).float()  # (C, Vs)
+        kd, ce, agree, grad = _chunk_terms(logits, teacher, rows, targets[rows], spec, need_grad)
+        del logits
+        if grad is not None:
+            if weight is None:
+                grad_hidden[rows] = grad
+            else:
+                grad = grad.to(weight.dtype)
+                if grad_hidden is not None:
+                    grad_hidden[rows] = grad @ weight  # (C, H)
+                if grad_weight is not None:
+                    grad_weight.addmm_(grad.T, h)  # (V, H)
+                if grad_bias is not None:
+                    grad_bias += grad.sum(0)
+        stats += torch.stack([kd, ce, agree.to(kd.dtype)]).double()
+    return stats
 
 
 class _FusedChunkedLoss(torch.autograd.Function):
-    """Forward computes the loss and, chunk by chunk, its gradients; backward only rescales them."""
+    """Forward computes the loss and, chunk by chunk, its gradients; backward only rescales them (in place)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, teacher, targets, spec, normalizer):
-        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        grad_hidden = torch.zeros_like(hidden) if needs_hidden else None  # (N, H)
-        grad_weight = torch.zeros_like(weight) if needs_weight else None  # (V, H)
-        grad_bias = torch.zeros_like(bias) if needs_bias else None  # (V,)
-        stats = torch.zeros(3, dtype=torch.float64, device=hidden.device)  # kd, ce, agree
-        chunk = spec.chunk_size or max(hidden.shape[0], 1)
-        for start in range(0, hidden.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            h = hidden[rows].detach().requires_grad_(needs_hidden)  # (C, H)
-            w = weight.detach().requires_grad_(needs_weight) if weight is not None else None
-            b = bias.detach().requires_grad_(needs_bias) if bias is not None else None
-            with torch.enable_grad():
-                kd, ce, agree = _chunk_terms(_project(h, w, b), teacher, rows, targets[rows], spec)
-                total = spec.alpha * ce + (1.0 - spec.alpha) * kd
-            inputs = [t for t, need in ((h, needs_hidden), (w, needs_weight), (b, needs_bias)) if need]
-            grads = iter(torch.autograd.grad(total, inputs) if inputs else ())
-            if needs_hidden:
-                grad_hidden[rows] = next(grads)
-            if needs_weight:
-                grad_weight += next(grads)
-            if needs_bias:
-                grad_bias += next(grads)
-            stats += torch.stack([kd.detach(), ce.detach(), agree.to(kd.dtype)]).double()
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        needs = ctx.needs_input_grad[:3]
+        grads = tuple(torch.zeros_like(x) if need else None for x, need in zip((hidden, weight, bias), needs))
+        stats = _chunked_stats(hidden, weight, bias, teacher, targets, spec, grads)
+        ctx.grads = grads  # not save_for_backward: they are ours alone, and scaling them in place saves a V x H copy
         ctx.normalizer = normalizer
         ctx.mark_non_differentiable(stats)
-        loss = (spec.alpha * stats[1] + (1.0 - spec.alpha) * stats[0]) / normalizer
-        return loss.float(), stats
+        return _combine(stats, spec, normalizer), stats
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
-        scale = grad_loss / ctx.normalizer  # 0-dim: keeps each gradient's own dtype
-        grads = [None if g is None else g * scale for g in ctx.saved_tensors]
+        if ctx.grads is None:
+            raise RuntimeError(
+                "The distillation loss scales its precomputed gradients in place, so it supports one backward pass. "
+                "Compute the loss again instead of calling backward(retain_graph=True) twice."
+            )
+        scale = grad_loss / ctx.normalizer  # 0-dim
+        grads = [None if g is None else g.mul_(scale.to(g.dtype)) for g in ctx.grads]
+        ctx.grads = None
         return (*grads, None, None, None, None)
+
+
+def _combine(stats: torch.Tensor, spec: LossSpec, normalizer: float) -> torch.Tensor:
+    return ((spec.alpha * stats[1] + (1.0 - spec.alpha) * stats[0]) / normalizer).float()
 
 
 def fused_distillation_loss(
@@ -154,12 +208,6 @@ def fused_distillation_loss(
             student_hidden, student_head_weight, student_head_bias, teacher, targets, spec, normalizer
         )
     else:
-        stats = torch.zeros(3, dtype=torch.float64, device=student_hidden.device)
-        chunk = spec.chunk_size or max(num_tokens, 1)
-        for start in range(0, num_tokens, chunk):
-            rows = slice(start, start + chunk)
-            logits = _project(student_hidden[rows], student_head_weight, student_head_bias)
-            kd, ce, agree = _chunk_terms(logits, teacher, rows, targets[rows], spec)
-            stats += torch.stack([kd, ce, agree.to(kd.dtype)]).double()
-        loss = ((spec.alpha * stats[1] + (1.0 - spec.alpha) * stats[0]) / normalizer).float()
+        stats = _chunked_stats(student_hidden, student_head_weight, student_head_bias, teacher, targets, spec)
+        loss = _combine(stats, spec, normalizer)
     return LossOutput(loss=loss, kd_sum=stats[0], ce_sum=stats[1], top1_agree=stats[2], num_tokens=num_tokens)

@@ -95,5 +95,5 @@ def get_divergence(name: str) -> Callable[..., torch.Tensor]:
     except KeyError:
         raise ValueError(
             f"Unknown distillation loss {name!r}. Choose one of: {', '.join(sorted(DIVERGENCES))} "
-            "(set `loss_type` in DistillationConfig)."
+            "(set `kd_loss` in DistillationConfig, `--kd_loss` on the command line)."
         ) from None

@@ -223,11 +223,18 @@ def _write_shard(path: Path, index: int, keys: np.ndarray, rows: list[tuple[np.n
         "tail_logprob": pa.ListArray.from_arrays(offsets, pa.array(tail, pa.float32())),
     })
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as file:
-        with pa.ipc.new_stream(file, table.schema) as writer:
-            writer.write_table(table)
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with open(tmp, "wb") as file:
+            with pa.ipc.new_stream(file, table.schema) as writer:
+                writer.write_table(table)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as error:  # disk full, quota, I/O error: keep nothing partial
+        tmp.unlink(missing_ok=True)
+        raise OSError(
+            error.errno, f"Writing {path} failed ({error}). Finished shards are intact and no partial file was kept. "
+            "Fix: free disk space and re-run the same command; it resumes at this shard.",
+        ) from error
     entry = {"index": index, "file": path.name, "num_examples": len(keys), "num_tokens": int(counts.sum()),
              "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
     os.replace(tmp, path)
@@ -307,7 +314,8 @@ def collect_teacher_cache(
     args = args if args is not None else DistillationConfig(output_dir=str(out), report_to=[])
     temperature = getattr(args, "temperature", 1.0) if temperature is None else temperature
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+        raise ValueError(f"temperature must be > 0, got {temperature}. Fix: pass the temperature you will train with "
+                         "(`--temperature`, 1.0 by default).")
 
     model = load_teacher(teacher, teacher_dtype)
     if not getattr(model, "hf_device_map", None):

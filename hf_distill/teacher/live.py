@@ -14,7 +14,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from trl.models.utils import _ForwardRedirection
 
-from hf_distill.modeling import final_hidden_states, has_plain_output_head, model_inputs, output_head
+from hf_distill.modeling import final_output, forward_outputs, has_plain_output_head, model_inputs, output_head
+from hf_distill.quantization import with_quantization
 from hf_distill.teacher.signals import DenseTeacherSignal
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -34,20 +35,36 @@ def load_teacher(
     dtype: str | torch.dtype | None = None,
     init_kwargs: dict | None = None,
     trust_remote_code: bool = False,
+    quantization: str | None = None,
+    device: str | torch.device | None = None,
 ) -> nn.Module:
-    """Load a teacher from a local path or hub id (or take a model), then freeze it."""
+    """Load a teacher from a local path or hub id (or take a model), then freeze it.
+
+    ``quantization`` ("8bit"/"4bit") loads it with bitsandbytes onto ``device`` (default: the current accelerator,
+    else the CPU), checked first by :mod:`hf_distill.quantization`.
+    """
     dtype = resolve_dtype(dtype)
     if isinstance(teacher, (str, os.PathLike)):
         kwargs = dict(init_kwargs or {})
         kwargs.setdefault("dtype", dtype or "auto")
         kwargs.setdefault("trust_remote_code", trust_remote_code)
+        kwargs.setdefault("use_safetensors", True)  # never unpickle a downloaded .bin
+        kwargs = with_quantization(str(teacher), kwargs, quantization, dtype, device)
         try:
             teacher = AutoModelForCausalLM.from_pretrained(str(teacher), **kwargs)
         except OSError as error:
             raise OSError(
                 f"Could not load the teacher from {str(teacher)!r}: {error}. Pass a local directory written by "
-                "`save_pretrained`, a hub id you can reach, or an instantiated model (`teacher_model=model`)."
+                "`save_pretrained`, a hub id you can reach, or an instantiated model (`teacher_model=model`). Weights "
+                "are read from safetensors only; for a checkpoint with pickled .bin weights you trust, set "
+                "teacher_model_init_kwargs={'use_safetensors': False}."
             ) from error
+    elif quantization is not None:
+        raise ValueError(
+            f"teacher_quantization={quantization!r} is applied while loading, so it needs the teacher as a path or hub "
+            "id (`teacher_model='path'` or `teacher_model_name_or_path`). For a model object, load it quantised "
+            "yourself: from_pretrained(..., quantization_config=hf_distill.quantization.quantization_config(mode))."
+        )
     elif isinstance(dtype, torch.dtype):
         teacher = teacher.to(dtype)
     teacher.eval()
@@ -76,16 +93,26 @@ class LiveTeacher:
         self.use_head = has_plain_output_head(self.unwrapped)
         self._redirect = _ForwardRedirection()
 
-    @torch.no_grad()
-    def signal(
-        self, inputs: dict, loss_mask: torch.Tensor, vocab_size: int, output_device: torch.device
-    ) -> DenseTeacherSignal:
-        """``loss_mask`` is ``(B, T-1)``: True where the next-token label at position t+1 carries loss."""
+    def outputs(self, inputs: dict, **kwargs):
+        """The teacher's forward outputs on a student batch, in the caller's grad mode (``kwargs`` such as
+        ``output_hidden_states=True`` go to the forward). Final states: ``final_output(outputs, self.use_head)``."""
         batch = {key: value.to(self.device) for key, value in model_inputs(inputs).items()}
         if self.model is self.unwrapped:
-            states = final_hidden_states(self.model, batch, self.use_head)
-        else:  # route through the wrapper so sharded parameters are gathered
-            states = self._redirect(self.model, self.unwrapped, final_hidden_states, self.unwrapped, batch, self.use_head)
+            return forward_outputs(self.model, batch, self.use_head, **kwargs)
+        # route through the wrapper so sharded parameters are gathered
+        return self._redirect(
+            self.model, self.unwrapped, forward_outputs, self.unwrapped, batch, self.use_head, **kwargs
+        )
+
+    @torch.no_grad()
+    def signal(
+        self, inputs: dict, loss_mask: torch.Tensor, vocab_size: int, output_device: torch.device,
+        states: torch.Tensor | None = None,
+    ) -> DenseTeacherSignal:
+        """``loss_mask`` is ``(B, T-1)``: True where the next-token label at position t+1 carries loss.
+        ``states``: the teacher's final states (or logits), when the caller already ran :meth:`outputs`."""
+        if states is None:
+            states = final_output(self.outputs(inputs), self.use_head)
         states = states[:, :-1][loss_mask.to(states.device)]  # (N, H) or (N, V)
         weight, bias = output_head(self.unwrapped) if self.use_head else (None, None)
         return DenseTeacherSignal(states, vocab_size, weight, bias, output_device)

@@ -96,8 +96,10 @@ class DenseTeacherSignal:
         self, student_logits: torch.Tensor, rows: slice, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         teacher_logits = self.logits(rows)  # (C, V)
-        student_logp = F.log_softmax(student_logits[:, : self.vocab_size] / temperature, dim=-1)  # (C, V)
-        return student_logp, F.log_softmax(teacher_logits / temperature, dim=-1), teacher_logits.argmax(-1)
+        student, teacher = student_logits[:, : self.vocab_size], teacher_logits
+        if temperature != 1.0:  # dividing by 1.0 would still copy two (C, V) tensors
+            student, teacher = student / temperature, teacher / temperature
+        return F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1), teacher_logits.argmax(-1)
 
 
 LOG_ZERO = -1e4

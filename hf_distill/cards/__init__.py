@@ -1,0 +1,162 @@
+"""Model cards for distilled students: a Jinja template in ``model_cards/`` rendered with `huggingface_hub`'s
+`ModelCard`/`ModelCardData`, so the YAML header (base_model, datasets, license, tags, model-index) is what the Hub
+expects, and the text tells the student's story: lineage back to the root teacher, recipe excerpt, metrics, plots.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from hf_distill.cards.plots import cascade_plot, training_curves
+
+if TYPE_CHECKING:
+    from hf_distill.cascade.recipe import Stage
+    from hf_distill.cascade.runner import StageContext
+
+TEMPLATE = "student.md.j2"
+_SEARCH = (Path(__file__).resolve().parents[2] / "model_cards",  # a source checkout / editable install
+           Path(sys.prefix) / "share" / "hf_distill" / "model_cards")  # a wheel (pyproject data-files)
+
+
+def template_path(name: str = TEMPLATE) -> Path:
+    for folder in _SEARCH:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"model card template {name!r} not found in {[str(p) for p in _SEARCH]}")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _count(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1e9:.2f}B" if value >= 1e9 else f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}K"
+
+
+def metrics_table(metrics: dict) -> list[tuple[str, str]]:
+    rows = [("accuracy (exact match)", _pct(metrics.get("accuracy"))),
+            ("agreement with teacher (same final answer)", _pct(metrics.get("agreement_with_teacher"))),
+            ("Logic-Match with teacher", "-" if metrics.get("logic_match") is None else f"{metrics['logic_match']:.3f}"),
+            ("teacher accuracy kept", _pct(metrics.get("accuracy_kept"))),
+            ("parameters", _count(metrics.get("parameters"))),
+            ("size relative to teacher", "-" if not metrics.get("size_vs_teacher")
+             else f"1/{1 / metrics['size_vs_teacher']:.1f}"),
+            ("generation speed (tokens/s, greedy)", "-" if metrics.get("tokens_per_second") is None
+             else f"{metrics['tokens_per_second']:.0f}"),
+            ("training wall time (s)", "-" if metrics.get("train_seconds") is None
+             else f"{metrics['train_seconds']:.0f}")]
+    return [row for row in rows if row[1] != "-"]
+
+
+def render_card(
+    *,
+    model_name: str,
+    recipe_name: str,
+    stage_index: int,
+    num_stages: int,
+    methods: list[str],
+    teacher: str | None,
+    base_model: str | None,
+    lineage: list[dict],
+    metrics: dict,
+    stage_recipe: dict,
+    dataset: str,
+    hub_dataset: str | None = None,
+    license: str | None = None,
+    shrink: dict | None = None,
+    adapter: dict | None = None,
+    repo_or_path: str = ".",
+    recipe_file: str = "RECIPE.yaml",
+    has_curves: bool = False,
+    has_cascade_plot: bool = False,
+    template: str | Path | None = None,
+) -> ModelCard:
+    """A model card from plain data (pure: no file is read but the template)."""
+    eval_results = None
+    if metrics.get("accuracy") is not None:
+        eval_results = [EvalResult(task_type="text-generation", dataset_type=hub_dataset or "local",
+                                   dataset_name=dataset, metric_type="accuracy", metric_name="exact match",
+                                   metric_value=round(metrics["accuracy"], 4))]
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model or None,  # None drops the key: never the string "None"
+        datasets=[hub_dataset] if hub_dataset else None,
+        license=license,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["hf-distill", "distillation", "knowledge-distillation", *(f"distillation-{m}" for m in methods),
+              *(["pruning", "shrink"] if shrink else []), *(["lora", "merged"] if adapter else []), "cascade"],
+        eval_results=eval_results,
+    )
+    rows = [{**row, "parameters_h": _count(row.get("parameters")), "accuracy_h": _pct(row.get("accuracy")),
+             "agreement_h": _pct(row.get("agreement_with_teacher"))} for row in lineage]
+    shrink_text = None
+    if shrink:
+        spec = ", ".join(f"{k}={v}" for k, v in shrink["spec"].items())
+        shrink_text = f"{spec}; teacher layers kept: {shrink['teacher_layers_kept']}"
+    return ModelCard.from_template(
+        card_data, template_path=str(template or template_path()), model_name=model_name, recipe_name=recipe_name,
+        stage_index=stage_index, num_stages=num_stages, methods=" + ".join(methods), teacher=teacher,
+        lineage=rows, metrics_table=metrics_table(metrics), eval_examples=metrics.get("eval_examples", "-"),
+        dataset=dataset, shrink=shrink, shrink_text=shrink_text, adapter=adapter,
+        recipe_excerpt=yaml.safe_dump(stage_recipe, sort_keys=False).strip(),
+        repo_or_path=repo_or_path, recipe_file=recipe_file, has_curves=has_curves, has_cascade_plot=has_cascade_plot,
+    )
+
+
+def write_stage_card(model_dir: Path, stage: "Stage", context: "StageContext", metrics: dict, shrink: dict | None,
+                     adapter: dict | None, manifest: dict) -> ModelCard:
+    """Plots and README.md for a finished cascade stage, written into its model directory."""
+    import json
+
+    recipe = context.recipe
+    index = [s.name for s in recipe.stages].index(stage.name)
+    log_path = model_dir / "log_history.json"
+    curves = training_curves(json.loads(log_path.read_text()), model_dir / "training_curves.png",
+                             title=f"{recipe.name} / {stage.name}") if log_path.exists() else None
+    this = {"name": stage.name, "model": None, **metrics}
+    rows = [row for row in (*context.lineage, this) if row.get("accuracy") is not None]
+    plotted = cascade_plot(rows, model_dir / "cascade.png", title=recipe.name) if len(rows) > 1 else None
+    teacher = _teacher_ref(recipe, index, manifest) if stage.methods != ["sft"] else None
+    if stage.student.model:
+        base_model = stage.student.model  # fine-tuned from this checkpoint
+    elif stage.student.shrink is not None:
+        base_model = _teacher_ref(recipe, index, manifest)  # pruned from the teacher
+    else:
+        base_model = None  # trained from scratch
+    push = stage.push_to_hub or {}
+    data = stage.data.dataset
+    hub_dataset = data if data != "arithmetic" and not Path(data).exists() else None
+    card = render_card(
+        model_name=push.get("repo_id", "").split("/")[-1] or f"{recipe.name}-{stage.name}",
+        recipe_name=recipe.name, stage_index=index + 1, num_stages=len(recipe.stages), methods=stage.methods,
+        teacher=teacher, base_model=base_model, lineage=[*context.lineage, this], metrics=metrics,
+        stage_recipe=stage.raw, dataset="embedded arithmetic word problems (GSM8K format)" if data == "arithmetic"
+        else data, hub_dataset=hub_dataset, license=recipe.license, shrink=shrink, adapter=adapter,
+        repo_or_path=push.get("repo_id", str(model_dir)),
+        recipe_file=str(recipe.path or "RECIPE.yaml"), has_curves=curves is not None,
+        has_cascade_plot=plotted is not None,
+    )
+    tmp = model_dir / ".README.md.tmp"
+    card.save(tmp)
+    os.replace(tmp, model_dir / "README.md")
+    return card
+
+
+def _teacher_ref(recipe, index: int, manifest: dict) -> str:
+    """The teacher by the name a reader can find: its hub repo if it was pushed, else its id or local path."""
+    if index == 0:
+        return recipe.teacher.model if recipe.teacher and recipe.teacher.model else "inline config"
+    previous = recipe.stages[index - 1]
+    if previous.push_to_hub:
+        return previous.push_to_hub["repo_id"]
+    entry = manifest.get("stages", {}).get(previous.name, {})
+    return entry.get("model_dir") or f"{recipe.name}/{previous.name}"

@@ -1,0 +1,53 @@
+"""PNG plots for model cards: a stage's training curves and the cascade's size-vs-quality trade-off."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+CURVES = ("loss", "kd_loss", "ce_loss", "top1_agreement")
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def training_curves(log_history: list[dict], path: str | Path, title: str = "") -> Path | None:
+    """One panel per logged quantity (loss, kd_loss, ce_loss, top1_agreement) against the optimiser step."""
+    series = {key: [(row["step"], row[key]) for row in log_history if key in row and "step" in row] for key in CURVES}
+    series = {key: points for key, points in series.items() if points}
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 3.0), squeeze=False)
+    for ax, (key, points) in zip(axes[0], series.items()):
+        ax.plot(*zip(*points), marker=".", linewidth=1)
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, y=1.04)  # above the panel titles
+    return _save(fig, Path(path))
+
+
+def cascade_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Accuracy against parameters (log scale) for every model of the cascade, in lineage order."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    params = [row["parameters"] for row in rows]
+    accuracy = [100 * row["accuracy"] for row in rows]
+    ax.plot(params, accuracy, marker="o")
+    for row, x, y in zip(rows, params, accuracy):
+        ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{title}: size vs quality")
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path))

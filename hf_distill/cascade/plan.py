@@ -1,0 +1,144 @@
+"""The cascade's plan: every stage's teacher and student config, parameter counts and memory estimates.
+
+Configs come from the recipe (inline ``config:``), a local directory (``AutoConfig``), or a shrink of the teacher's
+config, so ``hf-distill cascade RECIPE --dry-run`` needs no weights and, with inline configs, no network. Parameter
+counts come from instantiating the model on the ``meta`` device (exact, tied embeddings counted once, no memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from hf_distill.cascade.recipe import ModelRef, Recipe, RecipeError, Stage
+from hf_distill.models import count_parameters
+from hf_distill.shrink import shrunk_config
+
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "8bit": 1, "4bit": 0.5}
+
+
+@dataclass
+class StagePlan:
+    name: str
+    methods: list[str]
+    teacher: str  # what teaches this stage (a path/hub id or "stage <name>"), "-" for an SFT stage
+    student: str
+    teacher_config: PretrainedConfig | None
+    student_config: PretrainedConfig
+    teacher_params: int | None
+    student_params: int
+    memory: dict[str, float]  # bytes by component
+
+    @property
+    def total_memory(self) -> float:
+        return sum(self.memory.values())
+
+
+def config_of(ref: ModelRef, tokenizer_vocab: int | None = None) -> PretrainedConfig:
+    """A model's config without its weights: inline, from a local directory, or from the Hub (network)."""
+    if ref.config is not None:
+        values = dict(ref.config)
+        if "vocab_size" not in values and tokenizer_vocab:
+            values["vocab_size"] = tokenizer_vocab
+        return AutoConfig.for_model(values.pop("model_type"), **values)
+    try:
+        return AutoConfig.from_pretrained(ref.model, revision=ref.revision)
+    except OSError as err:
+        raise RecipeError(
+            f"cannot read the config of {ref.model!r} ({err.__class__.__name__}); offline, give it inline as "
+            "`config: {model_type: ..., hidden_size: ..., ...}` next to `model:`"
+        ) from None
+
+
+def parameter_count(config: PretrainedConfig) -> int:
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return count_parameters(model)
+
+
+def _tokenizer_vocab(recipe: Recipe) -> int | None:
+    return recipe.tokenizer.get("vocab_size") if isinstance(recipe.tokenizer, dict) else None
+
+
+def _training_bytes(stage: Stage) -> float:
+    """Bytes per student parameter while training: weights + gradients + AdamW's two moments (mixed precision keeps
+    fp32 master weights), or, with LoRA, the frozen base in its dtype (adapters are ~1% and ignored)."""
+    if stage.peft is None:
+        return 16.0
+    if stage.student_quantization:
+        return _BYTES[stage.student_quantization]
+    return 2.0 if stage.training.get("bf16") or stage.training.get("fp16") else 4.0
+
+
+def _activation_bytes(stage: Stage, config: PretrainedConfig) -> float:
+    """Korthikanti et al. (2022): ~34·s·b·h bytes per layer in 16-bit with fused attention; with gradient
+    checkpointing only each layer's input (2·s·b·h) is kept plus one layer's worth being recomputed."""
+    t = stage.training
+    batch, seq = t.get("per_device_train_batch_size", 8), t.get("max_length", 1024) or 1024
+    per_layer = 34 * seq * batch * config.hidden_size
+    if t.get("gradient_checkpointing"):
+        return 2 * seq * batch * config.hidden_size * config.num_hidden_layers + per_layer
+    return per_layer * config.num_hidden_layers
+
+
+def _kd_bytes(stage: Stage, vocab: int) -> float:
+    """The fused KD loss materialises chunk x vocab float32 tensors: teacher probs, student log-probs, grads."""
+    chunk = stage.training.get("kd_chunk_size") or max(64, 2**25 // max(vocab, 1))
+    return 4 * chunk * vocab * 4
+
+
+def build_plan(recipe: Recipe) -> list[StagePlan]:
+    vocab = _tokenizer_vocab(recipe)
+    teacher_config = config_of(recipe.teacher, vocab) if recipe.teacher else None
+    teacher_name = (recipe.teacher.model or "inline config") if recipe.teacher else None
+    plans = []
+    for stage in recipe.stages:
+        spec = stage.student
+        if spec.shrink is not None:
+            try:
+                student_config = shrunk_config(teacher_config, spec.shrink)
+            except ValueError as err:
+                raise RecipeError(f"stage {stage.name}: {err}") from None
+            student_name = f"shrink of {teacher_name}"
+        else:
+            student_config = config_of(spec, vocab)
+            student_name = spec.model or f"new {student_config.model_type}"
+        sft = stage.methods == ["sft"]
+        student_params = parameter_count(student_config)
+        teacher_params = None if sft or teacher_config is None else parameter_count(teacher_config)
+        memory = {"student (train)": student_params * _training_bytes(stage),
+                  "activations": _activation_bytes(stage, student_config)}
+        if not sft:
+            dtype = stage.training.get("teacher_quantization") or stage.training.get("teacher_dtype") or "bfloat16"
+            memory["teacher"] = teacher_params * _BYTES.get(dtype, 4)
+            memory["kd loss"] = _kd_bytes(stage, student_config.vocab_size)
+        plans.append(StagePlan(stage.name, stage.methods, "-" if sft else teacher_name, student_name,
+                               None if sft else teacher_config, student_config, teacher_params, student_params,
+                               memory))
+        teacher_config, teacher_name = student_config, f"stage {stage.name}"
+    return plans
+
+
+def plan_table(recipe: Recipe, plans: list[StagePlan]):
+    from rich.table import Table
+
+    table = Table(title=f"cascade {recipe.name}: plan (memory: weights + grads + AdamW + activations + teacher + KD "
+                        "loss; estimates)")
+    for column in ("stage", "method", "teacher", "student", "params", "vs teacher", "vs root", "est. memory"):
+        table.add_column(column, justify="right" if column in ("params", "vs teacher", "vs root", "est. memory")
+                         else "left")
+    root = plans[0].teacher_params or plans[0].student_params
+    for p in plans:
+        ratio = f"1/{p.teacher_params / p.student_params:.1f}" if p.teacher_params else "-"
+        table.add_row(p.name, "+".join(p.methods), p.teacher, p.student, _human(p.student_params), ratio,
+                      f"1/{root / p.student_params:.1f}", f"{p.total_memory / 2**30:.1f} GiB")
+    return table
+
+
+def _human(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))

@@ -1,0 +1,262 @@
+"""Run a cascade: each stage trains a student from its teacher, and the trained student teaches the next stage.
+
+Layout under the output directory::
+
+    manifest.json            per stage: status, input hash, metrics, wall time (rewritten atomically)
+    tokenizer/               when the recipe trains one
+    stages/<name>/run/       Trainer checkpoints while the stage trains (an interrupted stage resumes from them)
+    stages/<name>/model/     the finished student: safetensors, tokenizer, README.md (card), plots
+    stages/<name>/eval.json  its generations' answers (the next stage's agreement is measured against them)
+
+A stage is skipped on a rerun when the manifest says it finished with the same input hash (its recipe entry, shared
+inputs and its teacher's hash, so editing a stage redoes it and everything after it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from datasets import DatasetDict
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from hf_distill.cards import write_stage_card
+from hf_distill.cards.plots import cascade_plot
+from hf_distill.cascade.recipe import Recipe, RecipeError, Stage
+from hf_distill.cascade.stage import build_student, save_student, train_stage
+from hf_distill.checkpoints import last_complete_checkpoint
+from hf_distill.data.reasoning import load_reasoning_dataset
+from hf_distill.evaluation import answer_agreement, evaluate_reasoning
+from hf_distill.hub import push_folder
+from hf_distill.logic_match import mean_logic_match
+from hf_distill.teacher.cache import write_json_atomic  # tmp + fsync + rename
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Manifest:
+    path: Path
+    data: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, root: Path) -> "Manifest":
+        path = root / MANIFEST
+        return cls(path, json.loads(path.read_text()) if path.exists() else {"stages": {}})
+
+    def stage(self, name: str) -> dict:
+        return self.data["stages"].setdefault(name, {})
+
+    def update(self, name: str, **values) -> None:
+        self.stage(name).update(values)
+        write_json_atomic(self.path, self.data)
+
+
+@dataclass
+class StageContext:
+    """What a stage's card needs from the ones before it."""
+
+    recipe: Recipe
+    root: Path
+    lineage: list[dict]  # root teacher first, this stage's teacher last
+
+
+def _fingerprint_model(ref: str) -> str:
+    """A local teacher is fingerprinted by its config and weight files' sizes; a hub id by its name (its revision
+    is part of the recipe, hashed separately)."""
+    path = Path(ref)
+    if not path.is_dir():
+        return ref
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.json")) + sorted(path.glob("*.safetensors")):
+        digest.update(file.name.encode() + str(file.stat().st_size).encode())
+        if file.suffix == ".json":
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class CascadeRunner:
+    def __init__(self, recipe: Recipe, output_dir: str | Path, log: Callable[[str], None] = print,
+                 callbacks: list | None = None, token: str | None = None):
+        self.recipe, self.root, self.log = recipe, Path(output_dir), log
+        self.callbacks = callbacks or []  # extra TrainerCallbacks for every stage (progress bars, tests)
+        self.token = token  # for push_to_hub; kept in memory only
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.manifest = Manifest.load(self.root)
+        self._datasets: dict[str, DatasetDict] = {}
+
+    # ---- inputs -------------------------------------------------------------------------------------------------
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        spec = self.recipe.tokenizer
+        if isinstance(spec, dict):
+            path = self.root / "tokenizer"
+            if not (path / "tokenizer_config.json").exists():
+                from hf_distill.data.tokenizer import train_tokenizer
+
+                data = self.dataset(self.recipe.stages[0])["train"]
+                staging = self.root / ".tokenizer.partial"
+                shutil.rmtree(staging, ignore_errors=True)
+                train_tokenizer(list(data["question"]) + list(data["answer"]), spec["vocab_size"], save_dir=staging)
+                os.replace(staging, path)
+            return AutoTokenizer.from_pretrained(path)
+        source = spec or (self.recipe.teacher.model if self.recipe.teacher else self.recipe.stages[0].student.model)
+        if source is None:
+            raise RecipeError("recipe: set `tokenizer:` (a path/hub id, or {vocab_size: N} to train one on the data)")
+        return AutoTokenizer.from_pretrained(source)
+
+    def dataset(self, stage: Stage) -> DatasetDict:
+        spec = stage.data
+        key = json.dumps(spec.__dict__, sort_keys=True)
+        if key not in self._datasets:
+            if spec.dataset == "arithmetic":
+                data = load_reasoning_dataset("arithmetic", **{"seed": self.recipe.seed, **spec.generator})
+            elif Path(spec.dataset).exists():
+                data = load_reasoning_dataset(spec.dataset)
+            else:
+                from datasets import load_dataset
+
+                data = load_dataset(spec.dataset, spec.subset)
+            data = load_reasoning_dataset(data, question_column=spec.question_column, answer_column=spec.answer_column)
+            self._datasets[key] = DatasetDict({"train": data[spec.train_split], "test": data[spec.test_split]})
+        return self._datasets[key]
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+    def run(self, from_stage: str | None = None) -> dict:
+        names = [s.name for s in self.recipe.stages]
+        if from_stage is not None and from_stage not in names:
+            raise RecipeError(f"--from-stage {from_stage!r}: no such stage; stages are {names}")
+        tokenizer = self.tokenizer()
+        teacher = self.recipe.teacher.model if self.recipe.teacher else None
+        teacher_hash = _fingerprint_model(teacher) if teacher else "none"
+        lineage = [self._root_entry(tokenizer)] if teacher else []
+        force = False
+        for index, stage in enumerate(self.recipe.stages):
+            force = force or stage.name == from_stage
+            digest = self.recipe.stage_hash(index, teacher_hash)
+            entry = self.manifest.stage(stage.name)
+            model_dir = self.root / "stages" / stage.name / "model"
+            if not force and entry.get("status") == "done" and entry.get("hash") == digest and model_dir.is_dir():
+                self.log(f"stage {stage.name}: finished earlier with the same inputs, skipped")
+            elif from_stage is not None and not force:
+                raise RecipeError(f"--from-stage {from_stage}: stage {stage.name} before it has not finished "
+                                  "with the current recipe; run without --from-stage first")
+            else:
+                self._run_stage(index, stage, teacher, digest, tokenizer, StageContext(self.recipe, self.root,
+                                                                                      list(lineage)))
+            entry = self.manifest.stage(stage.name)
+            lineage.append({"name": stage.name, "model": str(model_dir), **entry.get("metrics", {}),
+                            "methods": stage.methods, "shrink": entry.get("shrink")})
+            teacher, teacher_hash = str(model_dir), digest
+        self._summarise(lineage)
+        return self.manifest.data
+
+    def _root_entry(self, tokenizer) -> dict:
+        """The root teacher, evaluated once (its accuracy is what the first stage keeps a share of)."""
+        ref = self.recipe.teacher
+        entry = self.manifest.data.setdefault("root", {})
+        stage = self.recipe.stages[0]
+        if stage.evaluation.enabled and "metrics" not in entry:
+            model = AutoModelForCausalLM.from_pretrained(ref.model, revision=ref.revision)
+            metrics, answers = self._evaluate(model, tokenizer, stage, None)
+            write_json_atomic(self.root / "root_eval.json", answers)
+            entry.update(metrics=metrics, model=ref.model)
+            write_json_atomic(self.manifest.path, self.manifest.data)
+        return {"name": "root teacher", "model": ref.model, **entry.get("metrics", {})}
+
+    def _run_stage(self, index: int, stage: Stage, teacher: str | None, digest: str, tokenizer,
+                   context: StageContext) -> None:
+        stage_dir = self.root / "stages" / stage.name
+        run_dir = stage_dir / "run"
+        entry = self.manifest.stage(stage.name)
+        resume = None
+        if entry.get("hash") == digest and entry.get("status") == "running" and run_dir.is_dir():
+            resume = last_complete_checkpoint(run_dir)  # not one a kill left half-written
+        if resume is None:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        self.log(f"stage {index + 1}/{len(self.recipe.stages)} {stage.name}: {'+'.join(stage.methods)}"
+                 + (f", teacher {teacher}" if teacher and stage.methods != ["sft"] else "")
+                 + (f", resuming from {Path(resume).name}" if resume else ""))
+        self.manifest.update(stage.name, status="running", hash=digest, teacher=teacher, metrics={},
+                             model_dir=str(stage_dir / "model"))
+        began = time.perf_counter()
+        student, shrink_plan = build_student(stage, teacher, tokenizer, self.recipe.seed)
+        data = self.dataset(stage)
+        trainer = train_stage(stage, student, teacher, tokenizer, data["train"], run_dir, self.recipe.seed,
+                              self.callbacks, resume, log=self.log)
+        staging = stage_dir / ".model.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        adapter = save_student(trainer, tokenizer, staging)
+        write_json_atomic(staging / "log_history.json", trainer.state.log_history)
+        train_seconds = time.perf_counter() - began
+        model_dir = stage_dir / "model"
+        shutil.rmtree(model_dir, ignore_errors=True)
+        os.replace(staging, model_dir)
+
+        metrics: dict[str, Any] = {}
+        if stage.evaluation.enabled:
+            model = AutoModelForCausalLM.from_pretrained(model_dir)
+            teacher_answers = self._answers(index, teacher)
+            metrics, answers = self._evaluate(model, tokenizer, stage, teacher_answers)
+            write_json_atomic(stage_dir / "eval.json", answers)
+            teacher_metrics = context.lineage[-1] if context.lineage else {}
+            if teacher_metrics.get("accuracy"):
+                metrics["accuracy_kept"] = metrics["accuracy"] / teacher_metrics["accuracy"]
+            if teacher_metrics.get("parameters"):
+                metrics["size_vs_teacher"] = metrics["parameters"] / teacher_metrics["parameters"]
+        metrics["train_seconds"] = train_seconds
+        shrink = None
+        if shrink_plan is not None:
+            shrink = {"spec": stage.student.shrink.to_dict(), "teacher_layers_kept": shrink_plan.layers}
+        self.manifest.update(stage.name, metrics=metrics, shrink=shrink, adapter=adapter)
+        write_stage_card(model_dir, stage, context, metrics, shrink, adapter, self.manifest.data)
+        shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are only for resuming
+        self.manifest.update(stage.name, status="done", seconds=time.perf_counter() - began)
+        if stage.push_to_hub:
+            url = push_folder(model_dir, stage.push_to_hub["repo_id"], token=self.token,
+                              private=stage.push_to_hub.get("private"), revision=stage.push_to_hub.get("revision"),
+                              commit_message=f"hf-distill cascade {self.recipe.name}: stage {stage.name}")
+            self.manifest.update(stage.name, pushed=str(url))
+            self.log(f"stage {stage.name}: pushed to {url}")
+
+    def _answers(self, index: int, teacher: str | None) -> dict | None:
+        """The teacher's answers and generations on the test problems (agreement and Logic-Match compare to them)."""
+        if teacher is None or self.recipe.stages[index].methods == ["sft"]:
+            return None
+        path = self.root / "root_eval.json" if index == 0 else \
+            self.root / "stages" / self.recipe.stages[index - 1].name / "eval.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _evaluate(self, model, tokenizer, stage: Stage, teacher_answers) -> tuple[dict, dict]:
+        test = self.dataset(stage)["test"]
+        if stage.evaluation.num_examples:
+            test = test.select(range(min(stage.evaluation.num_examples, len(test))))
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        ev = evaluate_reasoning(model, tokenizer, list(test["question"]), list(test["answer"]),
+                                stage.evaluation.max_new_tokens, stage.evaluation.batch_size)
+        metrics = {"accuracy": ev.accuracy, "parameters": ev.num_parameters, "tokens_per_second": ev.tokens_per_second,
+                   "eval_examples": len(test)}
+        if teacher_answers is not None:
+            metrics["agreement_with_teacher"] = answer_agreement(ev.answers, teacher_answers["answers"])
+            metrics["logic_match"] = mean_logic_match(ev.generations, teacher_answers["generations"])
+        return metrics, {"answers": ev.answers, "generations": ev.generations}
+
+    def _summarise(self, lineage: list[dict]) -> None:
+        rows = [row for row in lineage if "accuracy" in row]
+        if rows:
+            cascade_plot(rows, self.root / "cascade.png", title=self.recipe.name)
+        write_json_atomic(self.root / "results.json", {"recipe": self.recipe.name, "lineage": lineage})
+
+
+def run_cascade(recipe: Recipe, output_dir: str | Path | None = None, from_stage: str | None = None,
+                log=print, callbacks=None, token=None) -> dict:
+    return CascadeRunner(recipe, output_dir or recipe.output_dir, log, callbacks, token).run(from_stage)
+

@@ -1,0 +1,249 @@
+"""Collect verified reasoning traces from a teacher: sample, check answers, de-duplicate, save; resumable.
+
+    traces = collect_traces("./teacher", tokenizer, gsm8k_train, "traces/", TraceConfig(num_samples=4))
+    SFTTrainer(student, args, train_dataset=traces, processing_class=tokenizer)       # or DistillationTrainer
+
+Layout of ``output_dir``::
+
+    manifest.json               sampling settings, teacher, dataset fingerprint, one entry (with sha256) per shard
+    shards/shard-00000.parquet  every sample of ``shard_size`` problems: raw text, canonical trace, answer, verified
+    dataset/                    the result (``datasets.load_from_disk``): kept traces with provenance columns
+
+Each shard is sampled with seed ``seed + shard index``, written under a temporary name and renamed into place, then
+recorded in the manifest (rewritten the same way). A rerun checks that settings, teacher and data are the ones in the
+manifest (else an error naming the field), skips recorded shards and continues, so a crash costs at most one shard
+and the result equals an uninterrupted run's. Filtering (``keep_only_verified``, ``dedupe``) happens when
+``dataset/`` is assembled, so changing it reuses every shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from datasets import Dataset, concatenate_datasets, load_from_disk
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from hf_distill.answers import extract_answer
+from hf_distill.evaluation import generate
+from hf_distill.logic_match import arithmetic_errors
+from hf_distill.teacher.cache import fsync_dir, sha256_file, write_json_atomic
+from hf_distill.teacher.live import load_teacher, load_teacher_tokenizer
+from hf_distill.traces.config import TraceConfig
+from hf_distill.traces.templates import get_template
+from hf_distill.traces.verify import check_trace, dedupe_key
+
+FORMAT_NAME, FORMAT_VERSION = "hf_distill.traces", 1
+MANIFEST = "manifest.json"
+PROVENANCE_COLUMNS = ("teacher", "prompt_template", "problem_id", "sample_index", "verified", "predicted_answer",
+                      "arithmetic_errors")
+
+
+class TraceManifestMismatch(ValueError):
+    """``output_dir`` holds traces collected with other settings, another teacher or other data."""
+
+
+def collect_traces(
+    teacher: str | os.PathLike | nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    dataset: Dataset,
+    output_dir: str | os.PathLike,
+    config: TraceConfig | None = None,
+    log=print,
+) -> Dataset:
+    """Sample ``config.num_samples`` traces per problem from ``teacher`` and keep the verified, distinct ones.
+
+    Args:
+        teacher: a causal LM, or a local path / hub id (loaded frozen with its saved tokenizer).
+        tokenizer: the teacher's tokenizer (with its chat template); None to load it from ``teacher``'s directory.
+        dataset: GSM8K-format problems: a ``question`` column and an ``answer`` column ending in ``#### N``
+            (:func:`~hf_distill.data.load_reasoning_dataset` renames other column names). Other columns (such as
+            ``num_steps``) are carried over to every trace of the problem.
+        output_dir: where shards, manifest and the final dataset go; an interrupted run there is resumed.
+
+    Returns:
+        A prompt/completion dataset for `SFTTrainer`/`DistillationTrainer`: ``prompt`` is the bare question as a
+        user turn (the student learns to reason without the scaffolding), ``completion`` the canonical trace
+        (rationale + ``#### answer``) as an assistant turn, plus ``question``, ``answer`` (gold), the input's other
+        columns and the provenance columns ``teacher``, ``prompt_template``, ``problem_id``, ``sample_index``,
+        ``verified`` (gold answer reached, and with ``verify_arithmetic`` every equation right), ``predicted_answer``
+        and ``arithmetic_errors``.
+    """
+    config = config or TraceConfig()
+    golds = _gold_answers(dataset)
+    model, tokenizer, teacher_name = _teacher(teacher, tokenizer, config.device)
+    template = get_template(config.template)
+    out = Path(output_dir)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    manifest = _start_manifest(out, {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "sampling": config.sampling_fields(),
+        "teacher": {"name": teacher_name, "config_sha256": _config_hash(model)},
+        "dataset": {"fingerprint": _dataset_fingerprint(dataset), "num_problems": len(dataset)},
+    })
+    done = {entry["index"] for entry in manifest["shards"]}
+    num_shards = -(-len(dataset) // config.shard_size)
+    for index in range(num_shards):
+        if index in done:
+            continue
+        start, stop = index * config.shard_size, min(len(dataset), (index + 1) * config.shard_size)
+        began = time.perf_counter()
+        table = _sample_shard(model, tokenizer, dataset, golds, range(start, stop), config, template, seed=index)
+        manifest["shards"].append(_write_shard(out, index, table))
+        manifest["shards"].sort(key=lambda entry: entry["index"])
+        write_json_atomic(out / MANIFEST, manifest)
+        verified = sum(table.column("verified").to_pylist())
+        log(f"traces: shard {index + 1}/{num_shards} (problems {start}-{stop - 1}): {table.num_rows} samples, "
+            f"{verified} verified ({verified / max(table.num_rows, 1):.1%}), {time.perf_counter() - began:.1f} s")
+    traces = _assemble(out, manifest, dataset, teacher_name, template.name, config)
+    problems = len(set(traces["problem_id"]))
+    log(f"traces: kept {len(traces)} traces covering {problems}/{len(dataset)} problems in {out / 'dataset'}")
+    return traces
+
+
+def _gold_answers(dataset: Dataset) -> list[str]:
+    missing = [c for c in ("question", "answer") if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"the dataset has no column {missing} (columns: {dataset.column_names}). Load it with "
+                         "hf_distill.data.load_reasoning_dataset(..., question_column=..., answer_column=...).")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: there are no problems to collect traces for")
+    golds = [extract_answer(text) for text in dataset["answer"]]
+    if None in golds:
+        row = golds.index(None)
+        raise ValueError(f"row {row} has no final answer to verify against: {dataset[row]['answer']!r}. Gold answers "
+                         "must end in '#### <answer>' (GSM8K format).")
+    return golds
+
+
+def _teacher(teacher, tokenizer, device: str | None) -> tuple[nn.Module, PreTrainedTokenizerBase, str]:
+    if tokenizer is None:
+        tokenizer = load_teacher_tokenizer(teacher)
+        if tokenizer is None:
+            raise ValueError("no tokenizer was passed and none is saved beside the teacher: pass `tokenizer=`")
+    if isinstance(teacher, (str, os.PathLike)):
+        name = str(teacher)
+    else:
+        name = getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__
+    model = load_teacher(teacher)
+    if device is not None or torch.cuda.is_available():
+        model = model.to(device or "cuda")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token, needed to batch prompts: set tokenizer.pad_token first")
+    return model, tokenizer, name
+
+
+def _config_hash(model: nn.Module) -> str:
+    config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dataset_fingerprint(dataset: Dataset) -> str:
+    """Content hash of the problems in order (``Dataset._fingerprint`` is random for in-memory datasets)."""
+    digest = hashlib.sha256()
+    for question, answer in zip(dataset["question"], dataset["answer"], strict=True):
+        digest.update(json.dumps([question, answer]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _start_manifest(out: Path, fields: dict) -> dict:
+    for stale in [*out.glob("shards/*.tmp*"), *out.glob(f"{MANIFEST}.tmp*")]:
+        stale.unlink()  # a write interrupted before its rename
+    for stale in out.glob(".dataset.tmp*"):
+        shutil.rmtree(stale)
+    path = out / MANIFEST
+    if not path.is_file():
+        manifest = {**fields, "shards": []}
+        write_json_atomic(path, manifest)
+        return manifest
+    manifest = json.loads(path.read_text())
+    for key, value in fields.items():
+        if manifest.get(key) != value:
+            raise TraceManifestMismatch(
+                f"{out} holds traces collected with {key} = {manifest.get(key)!r}; this run has {value!r}. Fix: use "
+                "another output directory, or rerun with the original settings to resume this one."
+            )
+    for entry in manifest["shards"]:
+        shard = out / entry["file"]
+        if not shard.is_file() or sha256_file(shard) != entry["sha256"]:
+            raise TraceManifestMismatch(f"shard {shard} is missing or corrupt (sha256 differs from {path}). Fix: "
+                                        "delete it and remove its entry from the manifest, then rerun.")
+    return manifest
+
+
+def _sample_shard(model, tokenizer, dataset: Dataset, golds: list[str], rows: range, config: TraceConfig, template,
+                  seed: int) -> pa.Table:
+    prompts = [template.render(tokenizer, question) for question in dataset.select(rows)["question"]]
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # seeded here, caller's RNG untouched
+        torch.manual_seed(config.seed + seed)
+        texts, _ = generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size,
+                            generation_kwargs=config.generation_kwargs())
+    columns: dict[str, list] = {name: [] for name in
+                                ("problem_id", "sample_index", "generation", "completion", "predicted_answer",
+                                 "verified")}
+    for position, text in enumerate(texts):
+        problem = rows[position // config.num_samples]
+        checked = check_trace(text, golds[problem])
+        for name, value in (("problem_id", problem), ("sample_index", position % config.num_samples),
+                            ("generation", text), ("completion", checked.completion),
+                            ("predicted_answer", checked.answer), ("verified", checked.verified)):
+            columns[name].append(value)
+    return pa.table(columns)
+
+
+def _write_shard(out: Path, index: int, table: pa.Table) -> dict:
+    path = out / "shards" / f"shard-{index:05d}.parquet"
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as file:
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return {"index": index, "file": f"shards/{path.name}", "num_samples": table.num_rows, "sha256": sha256_file(path)}
+
+
+def _assemble(out: Path, manifest: dict, dataset: Dataset, teacher: str, template: str, config: TraceConfig) -> Dataset:
+    samples = Dataset(pa.concat_tables([pq.read_table(out / entry["file"]) for entry in manifest["shards"]]))
+    errors = [arithmetic_errors(completion) for completion in samples["completion"]]
+    if config.verify_arithmetic:
+        verified = [ok and not wrong for ok, wrong in zip(samples["verified"], errors, strict=True)]
+        samples = samples.remove_columns("verified").add_column("verified", verified)
+    samples = samples.add_column("arithmetic_errors", errors)
+    keep, seen = [], set()
+    for row, (problem, completion, verified) in enumerate(
+        zip(samples["problem_id"], samples["completion"], samples["verified"], strict=True)
+    ):
+        key = dedupe_key(problem, completion)
+        if (verified or not config.keep_only_verified) and not (config.dedupe and key in seen):
+            keep.append(row)
+            seen.add(key)
+    if not keep:
+        raise ValueError(
+            f"none of the {len(samples)} sampled traces in {out} was verified. Check that the teacher follows the "
+            f"prompt template {template!r} (try another `template`), raise `max_new_tokens` if traces are cut off, or "
+            "set keep_only_verified=False to inspect them; the samples are kept, so a rerun only reassembles."
+        )
+    samples = samples.select(keep)
+    problems = dataset.select(samples["problem_id"])  # the input's columns, one row per kept trace
+    extra = Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": q}] for q in problems["question"]],
+        "completion": [[{"role": "assistant", "content": c}] for c in samples["completion"]],
+        "teacher": [teacher] * len(samples), "prompt_template": [template] * len(samples),
+        **{name: samples[name] for name in PROVENANCE_COLUMNS[2:]},
+    })
+    problems = problems.remove_columns([c for c in extra.column_names if c in problems.column_names])
+    traces = concatenate_datasets([problems.flatten_indices(), extra], axis=1)
+    final, staging = out / "dataset", out / f".dataset.tmp{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    traces.save_to_disk(str(staging))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return load_from_disk(str(final))

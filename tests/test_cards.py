@@ -1,0 +1,70 @@
+"""Model cards rendered from model_cards/student.md.j2: Hub metadata, lineage, metrics, recipe excerpt, plots."""
+
+from __future__ import annotations
+
+from huggingface_hub import ModelCard
+
+from hf_distill.cards import metrics_table, render_card, template_path
+from hf_distill.cards.plots import cascade_plot, training_curves
+
+LINEAGE = [
+    {"name": "root teacher", "model": "Qwen/Qwen2.5-7B-Instruct", "parameters": 7.6e9, "accuracy": 0.9},
+    {"name": "qwen-1.5b", "model": "out/stages/qwen-1.5b/model", "parameters": 1.54e9, "accuracy": 0.7,
+     "agreement_with_teacher": 0.75},
+    {"name": "qwen-0.5b", "parameters": 4.94e8, "accuracy": 0.5, "agreement_with_teacher": 0.6},
+]
+METRICS = {"accuracy": 0.5, "agreement_with_teacher": 0.6, "logic_match": 0.4321, "parameters": 4.94e8,
+           "size_vs_teacher": 4.94e8 / 1.54e9, "tokens_per_second": 812.0, "accuracy_kept": 0.5 / 0.7,
+           "eval_examples": 500}
+
+
+def card(**overrides) -> ModelCard:
+    values = dict(model_name="qwen-0.5b-cascade", recipe_name="qwen-cascade", stage_index=2, num_stages=2,
+                  methods=["logit"], teacher="your-name/qwen-1.5b", base_model="Qwen/Qwen2.5-0.5B-Instruct",
+                  lineage=LINEAGE, metrics=METRICS,
+                  stage_recipe={"name": "qwen-0.5b", "method": "logit", "training": {"kd_loss": "forward_kl"}},
+                  dataset="openai/gsm8k", hub_dataset="openai/gsm8k", license="apache-2.0",
+                  repo_or_path="your-name/qwen-0.5b-cascade", recipe_file="recipes/qwen.yaml", has_curves=True)
+    values.update(overrides)
+    return render_card(**values)
+
+
+def test_template_ships_in_model_cards():
+    assert template_path().parent.name == "model_cards" and template_path().name.endswith(".j2")
+
+
+def test_card_metadata_is_what_the_hub_reads():
+    data = ModelCard(str(card())).data  # round trip through the YAML header
+    assert data.base_model == "Qwen/Qwen2.5-0.5B-Instruct" and data.datasets == ["openai/gsm8k"]
+    assert data.license == "apache-2.0" and data.pipeline_tag == "text-generation"
+    assert {"distillation", "distillation-logit", "hf-distill"} <= set(data.tags)
+    assert data.eval_results[0].metric_type == "accuracy" and data.eval_results[0].metric_value == 0.5
+
+
+def test_card_text_tells_the_lineage_metrics_and_recipe():
+    text = card().text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and " | " in line]
+    lineage = [row for row in rows if row.split("|")[1].strip().isdigit()]
+    assert [row.split("|")[2].split("(")[0].strip() for row in lineage] == ["root teacher", "qwen-1.5b", "qwen-0.5b"]
+    assert "| 7.60B | 90.0% | - |" in lineage[0] and "| 494.00M | 50.0% | 60.0% |" in lineage[2]
+    assert "| Logic-Match with teacher | 0.432 |" in text and "| size relative to teacher | 1/3.1 |" in text
+    assert "| teacher accuracy kept | 71.4% |" in text and "| generation speed (tokens/s, greedy) | 812 |" in text
+    assert "name: qwen-0.5b\nmethod: logit\ntraining:\n  kd_loss: forward_kl" in text
+    assert "from the teacher `your-name/qwen-1.5b`" in text and "hf-distill cascade recipes/qwen.yaml" in text
+    assert "![training curves](training_curves.png)" in text and "cascade.png" not in text
+
+
+def test_a_model_trained_from_scratch_has_no_base_model_and_missing_metrics_are_left_out():
+    rendered = card(base_model=None, teacher=None, methods=["sft"], metrics={"accuracy": 0.9, "parameters": 1e6},
+                    hub_dataset=None)
+    assert "base_model" not in str(rendered).split("---")[1] and "None" not in str(rendered)
+    assert [name for name, _ in metrics_table({"accuracy": 0.9})] == ["accuracy (exact match)"]
+
+
+def test_plots_are_written_as_png(tmp_path):
+    history = [{"step": s, "loss": 3.0 / s, "kd_loss": 1.0 / s} for s in range(1, 6)] + [{"train_runtime": 1.0}]
+    curves = training_curves(history, tmp_path / "curves.png")
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert training_curves([{"train_runtime": 1.0}], tmp_path / "none.png") is None  # nothing logged, no plot
+    plot = cascade_plot(LINEAGE, tmp_path / "cascade.png", title="qwen")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*"))

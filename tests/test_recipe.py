@@ -1,0 +1,137 @@
+"""Recipe validation (errors name the place, the bad key/value and the allowed ones) and the offline dry-run plan."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from hf_distill.cascade import RecipeError, load_recipe, parse_recipe
+from hf_distill.cascade.cli import main as cascade_main
+from hf_distill.cascade.plan import build_plan, parameter_count
+
+# every cascade recipe, however deep; recipes/accelerate/ holds `accelerate launch` configs, not cascades
+RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
+
+BASE = {
+    "name": "t",
+    "teacher": {"model": "some/teacher", "config": {"model_type": "llama", "vocab_size": 100, "hidden_size": 64,
+                                                    "intermediate_size": 128, "num_hidden_layers": 4,
+                                                    "num_attention_heads": 4, "num_key_value_heads": 2}},
+    "stages": [{"name": "s1", "method": "logit", "student": {"shrink": {"num_layers": 2, "hidden_size": 32}},
+                "training": {"max_steps": 2, "learning_rate": 1e-3}}],
+}
+
+
+def recipe_with(**changes):
+    raw = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        *parents, key = path.split("__")
+        node = raw
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[key] = value
+    return raw
+
+
+def test_every_shipped_recipe_validates_and_plans_offline():
+    assert len(RECIPES) >= 3
+    for path in RECIPES:
+        recipe = load_recipe(path)
+        plans = build_plan(recipe)
+        assert [p.name for p in plans] == [s.name for s in recipe.stages]
+        assert all(p.student_params > 0 and p.total_memory > 0 for p in plans)
+        assert path.read_text().startswith("# hf-distill cascade recipes/"), "recipes start with their command"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"stagez": []}, r"recipe: unknown key 'stagez' \(did you mean 'stages'\?\); allowed keys: .*name"),
+        ({"stages__0__method": "distil"}, r"stages\[0\] \(s1\)\.method: 'distil' is not allowed; use one of "
+                                          r"\['sft', 'logit', 'features', 'traces'\]"),
+        ({"stages__0__training": {"learning_rat": 1e-3}}, r"training: unknown key 'learning_rat' \(did you mean "
+                                                          r"'learning_rate'\?\)"),
+        ({"stages__0__training": {"output_dir": "x"}}, r"\['output_dir'\] are set by the cascade"),
+        ({"stages__0__student": {"shrink": {"layer_strategy": "middle"}}}, r"student\.shrink: .*'middle': use one "
+                                                                           r"of \['uniform', 'first', 'last', "
+                                                                           r"'explicit'\]"),
+        ({"stages__0__student": {"shrink": {"num_layer": 2}}}, r"shrink: unknown key 'num_layer' \(did you mean "
+                                                               r"'num_layers'\?\)"),
+        ({"stages__0__student": {"model": "x", "shrink": {}}}, r"drop `model`/`config`"),
+        ({"stages__0__student_quantization": "4bit"}, r"needs a `peft:` LoRA config"),
+        ({"stages__0__student_quantization": "4bit", "stages__0__peft": {"r": 8}}, r"and a `student: \{model: "
+                                                                                    r"\.\.\.\}` checkpoint"),
+        ({"stages__0__student_quantization": "3bit"}, r"'3bit' is not allowed; use one of \[None, '8bit', '4bit'\]"),
+        ({"stages__0__method": ["sft", "logit"]}, r"'sft' trains without a teacher and cannot be mixed"),
+        ({"teacher": None}, r"the first stage needs a teacher"),
+        ({"stages": []}, r"a non-empty list of stages"),
+        ({"data": {"dataset": "arithmetic", "generator": {"n_trian": 5}}}, r"generator: unknown key 'n_trian'"),
+        ({"stages__0__push_to_hub": {"private": True}}, r"push_to_hub: missing required key 'repo_id'"),
+        ({"stages__0__traces": {"num_sample": 2}}, r"traces: unknown key 'num_sample' \(did you mean 'num_samples'"),
+        ({"stages__0__traces": {"num_samples": 2}}, r"trace settings without `traces` in `method`"),
+    ],
+)
+def test_invalid_recipes_name_the_place_and_the_fix(changes, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(recipe_with(**changes))
+
+
+def test_duplicate_stage_names_are_rejected():
+    raw = recipe_with()
+    raw["stages"].append(copy.deepcopy(raw["stages"][0]))
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.name: 's1' must be unique"):
+        parse_recipe(raw)
+
+
+def test_methods_may_be_mixed_and_fields_added_by_other_features_pass_through():
+    recipe = parse_recipe(recipe_with(stages__0__method=["traces", "logit"],
+                                      stages__0__training={"alpha": 0.2, "kd_loss": "jsd"}))
+    assert recipe.stages[0].methods == ["traces", "logit"] and recipe.stages[0].training["kd_loss"] == "jsd"
+
+
+def test_stage_hash_changes_with_the_stage_and_with_the_teacher():
+    a, b = parse_recipe(recipe_with()), parse_recipe(recipe_with(stages__0__training={"max_steps": 3}))
+    assert a.stage_hash(0, "t1") == parse_recipe(recipe_with()).stage_hash(0, "t1")
+    assert a.stage_hash(0, "t1") != b.stage_hash(0, "t1")
+    assert a.stage_hash(0, "t1") != a.stage_hash(0, "t2")
+
+
+def test_meta_device_parameter_count_matches_a_real_model():
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    real = AutoModelForCausalLM.from_config(config)
+    assert parameter_count(config) == sum(p.numel() for p in real.parameters())
+    assert next(real.parameters()).device == torch.device("cpu")
+
+
+def test_plan_follows_the_chain_of_shrinks():
+    raw = recipe_with()
+    raw["stages"].append({"name": "s2", "method": "logit", "student": {"shrink": {"num_layers": 1}}})
+    plans = build_plan(parse_recipe(raw))
+    assert plans[0].student_config.num_hidden_layers == 2 and plans[0].student_config.hidden_size == 32
+    assert plans[1].student_config.num_hidden_layers == 1 and plans[1].student_config.hidden_size == 32
+    assert plans[1].teacher_params == plans[0].student_params > plans[1].student_params
+
+
+def test_dry_run_prints_the_real_world_plan_offline(capsys):
+    llama = next(p for p in RECIPES if "70b" in p.name)
+    assert cascade_main([str(llama), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "Llama-3.1-70B-Instruct" in out and "1.24B" in out and "GiB" in out  # Llama-3.2-1B: 1.236B parameters
+
+
+def test_dry_run_reports_a_bad_recipe_and_fails(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nstages:\n  - {name: a, method: logit, student: x, trainng: {}}\n")
+    assert cascade_main([str(bad), "--dry-run"]) == 2
+    assert "unknown key 'trainng' (did you mean 'training'?)" in capsys.readouterr().err
+
+
+def test_evaluation_can_be_switched_off_for_the_whole_recipe_or_one_stage():
+    assert parse_recipe(recipe_with(evaluation=False)).stages[0].evaluation.enabled is False
+    assert parse_recipe(recipe_with(stages__0__evaluation=False)).stages[0].evaluation.enabled is False
+    assert parse_recipe(recipe_with(evaluation={"num_examples": 7})).stages[0].evaluation.num_examples == 7
