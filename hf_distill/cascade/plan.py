@@ -78,7 +78,7 @@ def _activation_bytes(stage: Stage, config: PretrainedConfig) -> float:
     t = stage.training
     batch, seq = t.get("per_device_train_batch_size", 8), t.get("max_length", 1024) or 1024
     per_layer = 34 * seq * batch * config.hidden_size
-    if t.get("gradient_checkpointing"):
+    if t.get("gradient_checkpointing") or t.get("activation_checkpointing"):
         return 2 * seq * batch * config.hidden_size * config.num_hidden_layers + per_layer
     return per_layer * config.num_hidden_layers
 
