@@ -50,7 +50,7 @@ SIZE_GOAL, COLLECTION_GOAL, STEP_GOAL = 100.0, 1.10, 1.10
 
 def _common(out: Path, steps: int, batch: int) -> dict:
     return dict(output_dir=str(out), max_steps=steps + 2, per_device_train_batch_size=batch, report_to=[],
-                save_strategy="no", logging_steps=10**6, disable_tqdm=True, gradient_checkpointing=False, seed=0,
+                save_strategy="no", logging_steps=10**6, disable_tqdm=True, activation_checkpointing=False, seed=0,
                 dataloader_num_workers=0, learning_rate=1e-4, bf16=False)
 
 

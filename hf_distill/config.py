@@ -152,6 +152,10 @@ class DistillationConfig(RedactedTokens, SFTConfig):
         # `use_cpu` is set. Keep TRL's default where it can run, fall back to fp32 elsewhere.
         if self.bf16 is None and not self.fp16 and not self.use_cpu and not _has_bf16_accelerator():
             self.bf16 = False
+        # transformers 5 renamed gradient_checkpointing (TRL's default: on) to activation_checkpointing and warns on
+        # every config that sets the old name; carry TRL's value over under the new name, behaviour unchanged.
+        if getattr(self, "activation_checkpointing", False) is None:
+            self.activation_checkpointing = self.gradient_checkpointing
         super().__post_init__()
         LossSpec(self.kd_loss, self.temperature, self.alpha, self.beta, self.kd_chunk_size)  # validates ranges
         _check_teacher_quantization(self)

@@ -121,7 +121,7 @@ def _training_args(settings: DemoSettings, output_dir: Path, steps: int, lr: flo
     return dict(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=settings.batch_size,
         learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.0,
-        logging_steps=max(1, steps // 10), save_strategy="no", report_to=[],
+        logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], activation_checkpointing=False,
         seed=settings.seed, use_cpu=not cuda, bf16=_fast_bf16_available(), dataloader_num_workers=0,
     )
 

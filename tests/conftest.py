@@ -58,7 +58,7 @@ def tiny_config(tmp_path, **overrides):
 
     values = dict(
         output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, report_to=[], logging_steps=1,
-        save_strategy="no", gradient_checkpointing=False, dataloader_num_workers=0, seed=0,
+        save_strategy="no", activation_checkpointing=False, dataloader_num_workers=0, seed=0,
     )
     values.update(overrides)
     return DistillationConfig(**values)
