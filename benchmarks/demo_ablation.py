@@ -7,7 +7,8 @@ be compared pairwise. Not a test. Example (the README's demo findings)::
     hf-distill demo --out demo_out
     for seed in 0 1 2; do
       OMP_NUM_THREADS=1 python benchmarks/demo_ablation.py --demo-dir demo_out --arm sft --seed $seed
-      OMP_NUM_THREADS=1 python benchmarks/demo_ablation.py --demo-dir demo_out --arm kd --kd-loss reverse_kl --alpha 0.8 --seed $seed
+      OMP_NUM_THREADS=1 python benchmarks/demo_ablation.py --demo-dir demo_out --arm kd \
+          --kd-loss reverse_kl --alpha 0.8 --seed $seed
     done
 """
 

@@ -41,11 +41,23 @@ from hf_distill.config import DistillationConfig  # noqa: E402
 from hf_distill.data.reasoning import to_prompt_completion  # noqa: E402
 from hf_distill.demo import DemoSettings, _training_args  # noqa: E402
 from hf_distill.evaluation import evaluate_reasoning  # noqa: E402
-from hf_distill.models import build_llama  # noqa: E402
+from hf_distill.models import ModelSize, build_llama  # noqa: E402
+from hf_distill.shrink import shrink_model  # noqa: E402
 from hf_distill.trainer import DistillationTrainer  # noqa: E402
 
 
-def run_arm(name: str, features: dict, demo: Path, out: Path, settings: DemoSettings, n_test: int) -> dict:
+# the student the README's numbers were measured with (the demo's student before it became a shrink of the teacher)
+RANDOM_INIT_STUDENT = ModelSize(hidden_size=128, num_layers=2, num_heads=4)
+
+
+def make_student(tokenizer, teacher, settings: DemoSettings, init: str):
+    """``--init random``: a fresh 128x2 Llama (seed + 1); ``--init shrink``: the demo's student, cut from the teacher."""
+    if init == "shrink":
+        return shrink_model(teacher, settings.student)[0]
+    return build_llama(tokenizer, RANDOM_INIT_STUDENT, seed=settings.seed + 1)
+
+
+def run_arm(name: str, features: dict, demo: Path, out: Path, settings: DemoSettings, n_test: int, init: str) -> dict:
     """Train one arm, evaluate it, and write ``out/name/result.json`` atomically (the marker of a finished arm)."""
     result_file = out / name / "result.json"
     if result_file.exists():
@@ -53,7 +65,7 @@ def run_arm(name: str, features: dict, demo: Path, out: Path, settings: DemoSett
     data = load_from_disk(str(demo / "data" / "dataset"))
     tokenizer = AutoTokenizer.from_pretrained(demo / "data" / "tokenizer")
     teacher = AutoModelForCausalLM.from_pretrained(demo / "teacher")
-    student = build_llama(tokenizer, settings.student, seed=settings.seed + 1)  # the demo's student init
+    student = make_student(tokenizer, teacher, settings, init)
     test = data["test"].select(range(min(n_test, len(data["test"]))))
     common = _training_args(settings, out / name / "run", settings.student_steps, settings.student_lr)
     args = DistillationConfig(**common, kd_loss=settings.kd_loss, temperature=settings.temperature,
@@ -80,7 +92,7 @@ def run_arm(name: str, features: dict, demo: Path, out: Path, settings: DemoSett
     return result
 
 
-def interleaved_step_times(arms: dict, demo: Path, out: Path, settings: DemoSettings, steps: int) -> dict:
+def interleaved_step_times(arms: dict, demo: Path, out: Path, settings: DemoSettings, steps: int, init: str) -> dict:
     """Median forward+backward seconds per arm, the arms alternating on the same batches (fresh students)."""
     data = load_from_disk(str(demo / "data" / "dataset"))
     tokenizer = AutoTokenizer.from_pretrained(demo / "data" / "tokenizer")
@@ -90,7 +102,7 @@ def interleaved_step_times(arms: dict, demo: Path, out: Path, settings: DemoSett
         common = _training_args(settings, out / "timing", steps, settings.student_lr)
         args = DistillationConfig(**common, kd_loss=settings.kd_loss, temperature=settings.temperature,
                                   alpha=settings.alpha, **features)
-        student = build_llama(tokenizer, settings.student, seed=settings.seed + 1)
+        student = make_student(tokenizer, teacher, settings, init)
         trainers[name] = DistillationTrainer(student, args, train_dataset=to_prompt_completion(data["train"]),
                                              processing_class=tokenizer, teacher_model=teacher)
     loader = iter(next(iter(trainers.values())).get_train_dataloader())
@@ -122,19 +134,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature-layers", default="uniform")
     parser.add_argument("--timing-steps", type=int, default=20, help="interleaved steps per arm for the overhead")
     parser.add_argument("--fresh", action="store_true", help="retrain arms already finished in --out")
+    parser.add_argument("--init", choices=["random", "shrink"], default="random",
+                        help="random: a 128x2 student (as measured in the README); shrink: the demo's current student")
+    parser.add_argument("--kd-loss", default="forward_kl", help="as measured in the README (the demo now uses reverse_kl)")
     args = parser.parse_args(argv)
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
-    settings = replace(DemoSettings(), student_steps=args.steps)
+    settings = replace(DemoSettings(), student_steps=args.steps, kd_loss=args.kd_loss)
     arms = {
         "kd": {},
         "kd+features": dict(feature_weight=args.feature_weight, feature_loss=args.feature_loss,
                             feature_layers=args.feature_layers),
     }
-    rows = [run_arm(name, features, args.demo_dir, args.out, settings, args.n_test) for name, features in arms.items()]
-    print(f"\nstudent {settings.student} <- teacher {args.demo_dir / 'teacher'}, {settings.student_steps} steps x "
+    rows = [run_arm(name, features, args.demo_dir, args.out, settings, args.n_test, args.init)
+            for name, features in arms.items()]
+    print(f"\nstudent ({args.init} init) <- teacher {args.demo_dir / 'teacher'}, {settings.student_steps} steps x "
           f"batch {settings.batch_size}, alpha {settings.alpha}; test split: {args.n_test} problems")
-    timing = interleaved_step_times(arms, args.demo_dir, args.out, settings, args.timing_steps)
+    timing = interleaved_step_times(arms, args.demo_dir, args.out, settings, args.timing_steps, args.init)
     print(f"{'arm':<14}{'accuracy':>10}{'held-out KL':>13}{'held-out CE':>13}{'run step s':>12}"
           f"{'fwd+bwd s':>11}{'overhead':>10}")
     for row in rows:

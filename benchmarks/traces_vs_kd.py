@@ -42,7 +42,7 @@ ARMS = ("traces", "answers", "kd", "traces+kd", "traces+curriculum")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo-dir", default="/tmp/demo_d", help="a finished `hf-distill demo` output directory")
+    parser.add_argument("--demo-dir", default="demo_out", help="a finished `hf-distill demo` output directory")
     parser.add_argument("--out", default="traces_bench")
     parser.add_argument("--arms", default="traces,answers,kd,traces+kd", help=f"comma-separated, from {ARMS}")
     parser.add_argument("--problems", type=int, default=None, help="training problems (default: all)")

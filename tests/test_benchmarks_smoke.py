@@ -43,3 +43,17 @@ def test_cache_benchmark_tiny():
                 "--steps", "1", "--repeats", "1")
     for line in ("B/token", "collection, whole call", "step: DistillationTrainer, cache", "the goal"):
         assert line in proc.stdout, f"{line!r} missing:\n{proc.stdout}"
+
+
+def test_demo_based_experiments_run_on_a_fast_demo(tmp_path):
+    """The scripts that reuse a finished demo (features, traces, ablation) run end to end on `demo --fast` output."""
+    from hf_distill.demo import DemoSettings, run_demo
+
+    demo = tmp_path / "demo"
+    run_demo(demo, DemoSettings.fast(), log=lambda *_: None)
+    _run("feature_alignment.py", "--demo-dir", str(demo), "--out", str(tmp_path / "features"), "--steps", "2",
+         "--n-test", "4", "--timing-steps", "1")
+    assert {"kd", "kd+features"} <= {p.name for p in (tmp_path / "features").iterdir()}
+    proc = _run("traces_vs_kd.py", "--demo-dir", str(demo), "--out", str(tmp_path / "traces"), "--problems", "8",
+                "--steps", "2", "--batch-size", "4", "--student", "16,1,2", "--max-new-tokens", "16")
+    assert "traces+kd" in proc.stdout
