@@ -31,6 +31,21 @@ def subprocess_env() -> dict:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
+def interrupt_on_call(monkeypatch, owner, name: str, call_number: int) -> list:
+    """Patch ``owner.name`` to raise KeyboardInterrupt (a simulated kill) on its ``call_number``-th call and run the
+    real function otherwise. Returns the list of recorded calls (one entry each), to count or ``clear()``."""
+    real, calls = getattr(owner, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call_number:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)
+    return calls
+
+
 def make_tokenizer(vocab_size: int = 96) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

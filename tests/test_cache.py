@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CORPUS, make_llama, make_tokenizer, prompt_completion, tiny_config
+from conftest import CORPUS, interrupt_on_call, make_llama, make_tokenizer, prompt_completion, tiny_config
 from datasets import Dataset
 from transformers import TrainerCallback
 
@@ -213,15 +213,7 @@ def _shard_stats(directory):
 def test_resume_after_a_crash_keeps_finished_shards_and_equals_an_uninterrupted_run(tmp_path, tokenizer, teacher,
                                                                                      monkeypatch):
     reference = _collect(tmp_path, tokenizer, teacher, name="reference")
-    real_write, calls = collect_module._write_shard, []
-
-    def crash_on_third_shard(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        return real_write(*args, **kwargs)
-
-    monkeypatch.setattr(collect_module, "_write_shard", crash_on_third_shard)
+    calls = interrupt_on_call(monkeypatch, collect_module, "_write_shard", call_number=3)
     with pytest.raises(KeyboardInterrupt):
         _collect(tmp_path, tokenizer, teacher, name="resumed")
     directory = tmp_path / "resumed"
@@ -232,9 +224,9 @@ def test_resume_after_a_crash_keeps_finished_shards_and_equals_an_uninterrupted_
     finished = _shard_stats(directory)
     assert list(finished) == ["shard-00000.arrow", "shard-00001.arrow"]
 
-    monkeypatch.setattr(collect_module, "_write_shard", real_write)
     calls.clear()
     _collect(tmp_path, tokenizer, teacher, name="resumed")
+    assert len(calls) == 1  # only the missing shard was written
     after = _shard_stats(directory)
     assert {name: after[name] for name in finished} == finished  # same inode, same mtime: never rewritten
     assert len(after) == 3
@@ -246,10 +238,9 @@ def test_resume_after_a_crash_keeps_finished_shards_and_equals_an_uninterrupted_
 
 def test_resume_adopts_a_shard_renamed_into_place_before_the_manifest_recorded_it(tmp_path, tokenizer, teacher,
                                                                                   monkeypatch):
-    real_write, calls = collect_module.write_json_atomic, []
+    real_write = collect_module.write_json_atomic
 
     def crash_before_recording_shard_1(path, data):
-        calls.append(1)
         if len(data["shards"]) == 2:
             raise KeyboardInterrupt("killed")
         return real_write(path, data)

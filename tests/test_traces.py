@@ -9,7 +9,7 @@ from torch import nn
 from transformers import PretrainedConfig
 from trl import SFTConfig, SFTTrainer
 
-from conftest import make_llama, make_tokenizer, tiny_config
+from conftest import interrupt_on_call, make_llama, make_tokenizer, tiny_config
 from hf_distill import DistillationTrainer
 from hf_distill.cli import main as cli_main
 from hf_distill.data.tokenizer import train_tokenizer
@@ -182,15 +182,7 @@ def test_no_verified_trace_is_an_error_that_names_the_fixes(tmp_path, chat_token
 
 def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path, chat_tokenizer, monkeypatch):
     whole = collect(tmp_path, chat_tokenizer, "whole", keep_only_verified=False)
-    real, calls = collect_module._sample_shard, []
-
-    def crash_on_second_shard(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(collect_module, "_sample_shard", crash_on_second_shard)
+    calls = interrupt_on_call(monkeypatch, collect_module, "_sample_shard", call_number=2)
     with pytest.raises(KeyboardInterrupt):
         collect(tmp_path, chat_tokenizer, "resumed", keep_only_verified=False)
     manifest = json.loads((tmp_path / "resumed" / "manifest.json").read_text())

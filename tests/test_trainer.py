@@ -22,10 +22,6 @@ from hf_distill.modeling import has_plain_output_head
 from hf_distill.teacher.vocab import VocabularyMismatchError
 
 
-
-
-
-
 def _reference_loss(student, teacher, batch, temperature, alpha, vocab):
     """Full logits from both models, shifted and masked by hand, naive formula."""
     with torch.no_grad():
@@ -169,7 +165,7 @@ def test_teacher_from_local_path_is_frozen_and_unchanged(tmp_path, tokenizer, st
     assert trainer.state.log_history[0]["kd_loss"] > 0
 
 
-def test_teacher_path_can_come_from_thetiny_config(tmp_path, tokenizer, student, teacher):
+def test_teacher_path_can_come_from_the_config(tmp_path, tokenizer, student, teacher):
     teacher.save_pretrained(tmp_path / "t")
     trainer = DistillationTrainer(student, tiny_config(tmp_path, teacher_model_name_or_path=str(tmp_path / "t"),
                                                    teacher_dtype="bfloat16"),
