@@ -76,3 +76,8 @@ def final_output(outputs, use_head: bool) -> torch.Tensor:
 def final_hidden_states(model: nn.Module, inputs: dict, use_head: bool) -> torch.Tensor:
     """``(B, T, H)`` final (normed) hidden states when ``use_head``, otherwise the ``(B, T, V)`` logits."""
     return final_output(forward_outputs(model, inputs, use_head), use_head)
+
+
+def loss_rows(tensor: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Rows of ``(B, T, ...)`` at the positions that predict a loss token: ``(N, ...)`` for a ``(B, T-1)`` mask."""
+    return tensor[:, :-1][loss_mask.to(tensor.device)]

@@ -25,8 +25,9 @@ from hf_distill.curriculum import curriculum_sampler
 from hf_distill.features.checkpoint import ExtraModulesCallback, restore_extra_modules, save_extra_modules
 from hf_distill.features.objective import AlignedObjective, build_aligner
 from hf_distill.features.settings import require_live_teacher
-from hf_distill.losses import LossOutput, fused_distillation_loss
-from hf_distill.modeling import final_hidden_states, has_plain_output_head, output_head, output_vocab_size
+from hf_distill.losses import LossOutput
+from hf_distill.modeling import final_hidden_states, has_plain_output_head, output_vocab_size
+from hf_distill.objective import logit_distillation
 from hf_distill.quantization import keep_4bit_trainable
 from hf_distill.teacher.cache import CACHE_KEY, CachedTeacher, KeyedCollator, TeacherCache
 from hf_distill.teacher.live import LiveTeacher, load_teacher, load_teacher_tokenizer
@@ -202,14 +203,9 @@ class DistillationTrainer(SFTTrainer):
             return self._aligned(student, inputs, num_items_in_batch)
         use_head = has_plain_output_head(student)
         states = final_hidden_states(student, inputs, use_head)  # (B, T, H) or (B, T, V)
-        targets = inputs["labels"][:, 1:].to(states.device)  # next-token labels, (B, T-1)
-        loss_mask = targets != -100
-        teacher_signal = self.teacher.signal(inputs, loss_mask, self.vocab_size, states.device)
-        weight, bias = output_head(student) if use_head else (None, None)
-        return fused_distillation_loss(
-            states[:, :-1][loss_mask], weight, bias, teacher_signal, targets[loss_mask], self.loss_spec,
-            num_items_in_batch,
-        )
+        return logit_distillation(
+            student, states, use_head, inputs, self.teacher, self.vocab_size, self.loss_spec, num_items_in_batch
+        ).output
 
     def _log_loss_parts(self, output: LossOutput, inputs: dict) -> None:
         mode = "train" if self.model.training else "eval"

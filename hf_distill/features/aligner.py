@@ -15,6 +15,7 @@ from torch import nn
 
 from hf_distill.features.layers import LayerPair
 from hf_distill.losses.features import attention_map_loss, get_feature_loss
+from hf_distill.modeling import loss_rows
 
 PROJECTORS = ("linear", "identity")
 
@@ -31,11 +32,6 @@ def build_projector(kind: str, student_width: int, teacher_width: int) -> nn.Mod
             )
         return nn.Identity()
     raise ValueError(f"Unknown feature_projector {kind!r}. Use one of: {', '.join(PROJECTORS)}.")
-
-
-def loss_rows(tensor: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Rows of ``(B, T, ...)`` at the positions that predict a loss token: ``(N, ...)`` for a ``(B, T-1)`` mask."""
-    return tensor[:, :-1][loss_mask.to(tensor.device)]
 
 
 class FeatureAligner(nn.Module):

@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from hf_distill.codistill import teacher_loss
-from hf_distill.features.aligner import FeatureAligner, loss_rows
+from hf_distill.features.aligner import FeatureAligner
 from hf_distill.features.layers import parse_pair_weights, resolve_layer_pairs
 from hf_distill.features.settings import features_enabled
-from hf_distill.losses import LossOutput, LossSpec, fused_distillation_loss
-from hf_distill.modeling import final_output, forward_outputs, has_plain_output_head, output_head, unwrap_peft
+from hf_distill.losses import LossOutput, LossSpec
+from hf_distill.modeling import final_output, forward_outputs, has_plain_output_head, loss_rows, unwrap_peft
+from hf_distill.objective import logit_distillation
 from hf_distill.teacher.live import LiveTeacher
 
 
@@ -85,32 +86,27 @@ class AlignedObjective:
         wants = dict(output_hidden_states=self.feature_weight > 0, output_attentions=attentions)
         student_out = forward_outputs(student, inputs, use_head, **wants)
         states = final_output(student_out, use_head)  # (B, T, H) or (B, T, V)
-        targets = inputs["labels"][:, 1:].to(states.device)  # (B, T-1)
-        loss_mask = targets != -100
         with torch.set_grad_enabled(self.co_distill and torch.is_grad_enabled()):
             teacher_out = self.teacher.outputs(inputs, **wants)
         teacher_states = final_output(teacher_out, self.teacher.use_head)
-        signal = self.teacher.signal(inputs, loss_mask, self.vocab_size, states.device, states=teacher_states)
-        weight, bias = output_head(student) if use_head else (None, None)
-        student_rows = loss_rows(states, loss_mask)  # (N, H)
-        kd = fused_distillation_loss(student_rows, weight, bias, signal, targets[loss_mask], self.spec,
-                                     num_items_in_batch)
+        logit = logit_distillation(student, states, use_head, inputs, self.teacher, self.vocab_size, self.spec,
+                                   num_items_in_batch, teacher_states=teacher_states)
+        kd, loss_mask = logit.output, logit.loss_mask
         loss, extras = kd.loss, {}
         if self.aligner is not None:
             hidden, attention = self.aligner(
                 student_out.hidden_states, _detached(teacher_out.hidden_states), loss_mask,
                 student_out.attentions, _detached(teacher_out.attentions) if attentions else None,
             )
-            normalizer = max(float(num_items_in_batch if num_items_in_batch is not None else kd.num_tokens), 1.0)
-            loss = loss + (self.feature_weight * hidden + self.attention_weight * attention) / normalizer
+            loss = loss + (self.feature_weight * hidden + self.attention_weight * attention) / logit.normalizer
             if self.feature_weight > 0:
                 extras["feature_loss"] = hidden.detach()
             if attentions:
                 extras["attention_loss"] = attention.detach()
         if self.co_distill:
             mutual = teacher_loss(
-                loss_rows(teacher_states, loss_mask), self.teacher.unwrapped, self.teacher.use_head, student_rows,
-                student, use_head, self.vocab_size, targets[loss_mask], self.spec, num_items_in_batch,
+                loss_rows(teacher_states, loss_mask), self.teacher.unwrapped, self.teacher.use_head,
+                logit.student_rows, student, use_head, self.vocab_size, logit.targets, self.spec, logit.normalizer,
             )
             loss = loss + mutual.loss.to(loss.device)
             extras["teacher_kd_loss"], extras["teacher_ce_loss"] = mutual.kd_sum, mutual.ce_sum

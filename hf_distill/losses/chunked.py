@@ -171,6 +171,14 @@ class _FusedChunkedLoss(torch.autograd.Function):
         return (*grads, None, None, None, None)
 
 
+def loss_normalizer(num_items_in_batch: int | float | torch.Tensor | None, num_tokens: int) -> float:
+    """The loss divisor: the loss tokens of the whole accumulated batch (``num_items_in_batch``; a device tensor is
+    read once here, which costs a host sync), else this batch's ``num_tokens``; at least 1, so a batch without loss
+    tokens gives a finite zero, not 0 / 0. Callers that add terms to the loss compute it once and pass the float."""
+    value = num_tokens if num_items_in_batch is None else num_items_in_batch
+    return max(float(value.item() if torch.is_tensor(value) else value), 1.0)
+
+
 def _combine(stats: torch.Tensor, spec: LossSpec, normalizer: float) -> torch.Tensor:
     return ((spec.alpha * stats[1] + (1.0 - spec.alpha) * stats[0]) / normalizer).float()
 
@@ -200,9 +208,7 @@ def fused_distillation_loss(
             f"Student ({num_tokens}), teacher ({teacher.num_tokens}) and targets ({targets.shape[0]}) must cover the "
             "same loss tokens."
         )
-    normalizer = num_tokens if num_items_in_batch is None else num_items_in_batch
-    normalizer = float(normalizer.item() if torch.is_tensor(normalizer) else normalizer)
-    normalizer = max(normalizer, 1.0)  # a batch without loss tokens gives a finite zero, not 0 / 0
+    normalizer = loss_normalizer(num_items_in_batch, num_tokens)
     if torch.is_grad_enabled():
         loss, stats = _FusedChunkedLoss.apply(
             student_hidden, student_head_weight, student_head_bias, teacher, targets, spec, normalizer

@@ -14,7 +14,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from trl.models.utils import _ForwardRedirection
 
-from hf_distill.modeling import final_output, forward_outputs, has_plain_output_head, model_inputs, output_head
+from hf_distill.modeling import (
+    final_output, forward_outputs, has_plain_output_head, loss_rows, model_inputs, output_head,
+)
 from hf_distill.quantization import with_quantization
 from hf_distill.teacher.signals import DenseTeacherSignal
 
@@ -113,6 +115,6 @@ class LiveTeacher:
         ``states``: the teacher's final states (or logits), when the caller already ran :meth:`outputs`."""
         if states is None:
             states = final_output(self.outputs(inputs), self.use_head)
-        states = states[:, :-1][loss_mask.to(states.device)]  # (N, H) or (N, V)
+        states = loss_rows(states, loss_mask)  # (N, H) or (N, V)
         weight, bias = output_head(self.unwrapped) if self.use_head else (None, None)
         return DenseTeacherSignal(states, vocab_size, weight, bias, output_device)
