@@ -49,7 +49,10 @@ def canonical_expression(text: str) -> str | None:
     Numbers are normalised (``$1,000.0`` -> ``1000``), ``×``/``÷`` read as ``*``/``/``, and chains of ``+`` or ``*``
     are flattened and sorted, so ``3 + (2+1)`` and ``1+2+3`` are the same expression; ``-`` and ``/`` keep their order.
     """
-    tree = _parse(text)
+    return _canonical_or_none(_parse(text))
+
+
+def _canonical_or_none(tree: ast.BinOp | None) -> str | None:
     try:
         return None if tree is None else _canonical(tree)
     except ValueError:
@@ -120,7 +123,7 @@ def extract_steps(text: str) -> list[Step]:
         annotations = _ANNOTATION.findall(line)
         for left, right in annotations or _visible_equations(line):
             tree, stated = _parse(left), _RESULT.match(right)
-            expression = canonical_expression(left)
+            expression = _canonical_or_none(tree)  # canonical_expression(left), without parsing it again
             if expression is None or stated is None:
                 continue
             result = _normalize_result(stated.group(1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hf_distill.features.aligner import PROJECTORS
 from hf_distill.features.layers import parse_layer_pairs, parse_pair_weights
 from hf_distill.losses.features import get_feature_loss
 
@@ -19,8 +20,8 @@ def check_feature_settings(config) -> None:
     pairs = parse_layer_pairs(config.feature_layers)
     if pairs is not None:  # 'uniform' is resolved (and its weights counted) once the models' depths are known
         parse_pair_weights(config.feature_pair_weights, len(pairs))
-    if config.feature_projector not in ("linear", "identity"):
-        raise ValueError(f"feature_projector must be 'linear' or 'identity', got {config.feature_projector!r}.")
+    if config.feature_projector not in PROJECTORS:
+        raise ValueError(f"feature_projector must be one of {list(PROJECTORS)}, got {config.feature_projector!r}.")
     if config.teacher_learning_rate is not None:
         if not config.co_distill:
             raise ValueError("teacher_learning_rate only applies to a co-trained teacher: set co_distill=True, or drop "

@@ -116,7 +116,7 @@ def top_k_with_tail(logits: torch.Tensor, k: int, temperature: float) -> tuple[t
     return ids, logprobs, tail
 
 
-def _config_hash(model: nn.Module) -> str:
+def config_hash(model: nn.Module) -> str:
     """Hash of the teacher's config, without its path and version nor what SFT preparation sets on it (special-token
     ids, ``use_cache``), none of which changes the logits."""
     config = {k: v for k, v in model.config.to_dict().items()
@@ -159,10 +159,11 @@ def prepare_like_trainer(model: nn.Module, args, dataset, tokenizer, data_collat
     return prepared, KeyedCollator(preparer.data_collator)
 
 
-def _first_difference(old: dict, new: dict, prefix: str = "") -> tuple[str, object, object] | None:
+def first_difference(old: dict, new: dict, prefix: str = "") -> tuple[str, object, object] | None:
+    """The first field of ``new`` (dotted path into nested dicts) whose value differs in ``old``, with both values."""
     for key in new:
         if isinstance(new[key], dict) and isinstance(old.get(key), dict):
-            found = _first_difference(old[key], new[key], f"{prefix}{key}.")
+            found = first_difference(old[key], new[key], f"{prefix}{key}.")
             if found:
                 return found
         elif old.get(key) != new[key]:
@@ -181,7 +182,7 @@ def _start_manifest(out: Path, fields: dict, created_with: str) -> dict:
         manifest = {**fields, "created_with": created_with, "complete": False, "shards": []}
         write_json_atomic(out / MANIFEST, manifest)
         return manifest
-    difference = _first_difference(manifest, fields)
+    difference = first_difference(manifest, fields)
     if difference:
         field, old, new = difference
         raise CacheMismatchError(
@@ -323,7 +324,7 @@ def collect_teacher_cache(
     teacher_fields = {
         "name_or_path": str(teacher) if isinstance(teacher, (str, os.PathLike)) else model.name_or_path,
         "revision": getattr(model.config, "_commit_hash", None),
-        "config_sha256": _config_hash(model),
+        "config_sha256": config_hash(model),
         "dtype": str(model.dtype).removeprefix("torch."),
     }
     dataset, collator = prepare_like_trainer(model, args, train_dataset, tokenizer, data_collator)

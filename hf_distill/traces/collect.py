@@ -36,6 +36,7 @@ from hf_distill.answers import extract_answer
 from hf_distill.evaluation import generate
 from hf_distill.logic_match import arithmetic_errors
 from hf_distill.teacher.cache import fsync_dir, sha256_file, write_json_atomic
+from hf_distill.teacher.collect import config_hash, first_difference
 from hf_distill.teacher.live import load_teacher, load_teacher_tokenizer
 from hf_distill.traces.config import TraceConfig
 from hf_distill.traces.templates import get_template
@@ -85,7 +86,7 @@ def collect_traces(
     (out / "shards").mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(out, {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "sampling": config.sampling_fields(),
-        "teacher": {"name": teacher_name, "config_sha256": _config_hash(model)},
+        "teacher": {"name": teacher_name, "config_sha256": config_hash(model)},
         "dataset": {"fingerprint": _dataset_fingerprint(dataset), "num_problems": len(dataset)},
     })
     done = {entry["index"] for entry in manifest["shards"]}
@@ -140,11 +141,6 @@ def _teacher(teacher, tokenizer, device: str | None) -> tuple[nn.Module, PreTrai
     return model, tokenizer, name
 
 
-def _config_hash(model: nn.Module) -> str:
-    config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _dataset_fingerprint(dataset: Dataset) -> str:
     """Content hash of the problems in order (``Dataset._fingerprint`` is random for in-memory datasets)."""
     digest = hashlib.sha256()
@@ -164,12 +160,13 @@ def _start_manifest(out: Path, fields: dict) -> dict:
         write_json_atomic(path, manifest)
         return manifest
     manifest = json.loads(path.read_text())
-    for key, value in fields.items():
-        if manifest.get(key) != value:
-            raise TraceManifestMismatch(
-                f"{out} holds traces collected with {key} = {manifest.get(key)!r}; this run has {value!r}. Fix: use "
-                "another output directory, or rerun with the original settings to resume this one."
-            )
+    difference = first_difference(manifest, fields)
+    if difference:
+        key, old, new = difference
+        raise TraceManifestMismatch(
+            f"{out} holds traces collected with {key} = {old!r}; this run has {new!r}. Fix: use another output "
+            "directory, or rerun with the original settings to resume this one."
+        )
     for entry in manifest["shards"]:
         shard = out / entry["file"]
         if not shard.is_file() or sha256_file(shard) != entry["sha256"]:
