@@ -167,9 +167,7 @@ class DistillationConfig(RedactedTokens, SFTConfig):
             raise ValueError(f"curriculum_epochs must be at least 1, got {self.curriculum_epochs}")
 
     def loss_spec(self, vocab_size: int, sparse: bool = False) -> LossSpec:
-        # measured on CPU (benchmarks/RESULTS.md): 128 tokens keeps the dense loss at 0.4-0.8x CE memory at 32k-128k
-        per_vocab = 2**22 // max(vocab_size, 1) if sparse else min(128, 2**25 // max(vocab_size, 1))
-        chunk = self.kd_chunk_size or max(64, per_vocab)
+        chunk = self.kd_chunk_size or default_kd_chunk_size(vocab_size, sparse)
         return LossSpec(self.kd_loss, self.temperature, self.alpha, self.beta, chunk)
 
     @classmethod
@@ -182,6 +180,13 @@ class DistillationConfig(RedactedTokens, SFTConfig):
         values = args.to_dict()
         values["hub_token"] = args.hub_token  # to_dict hides it
         return cls(**values)
+
+
+def default_kd_chunk_size(vocab_size: int, sparse: bool = False) -> int:
+    """Tokens per chunk of the KD loss when `kd_chunk_size` is unset. Measured on CPU (benchmarks/RESULTS.md): 128
+    keeps the dense loss at 0.4-0.8x the memory of CE at 32k-128k; 4M / vocab suits the sparse (cached) loss."""
+    per_vocab = 2**22 // max(vocab_size, 1) if sparse else min(128, 2**25 // max(vocab_size, 1))
+    return max(64, per_vocab)
 
 
 def _check_teacher_quantization(config: DistillationConfig) -> None:

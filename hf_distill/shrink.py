@@ -175,8 +175,10 @@ def shrink_model(teacher: nn.Module, spec: ShrinkSpec, dtype: torch.dtype | None
     hidden = torch.tensor(plan.hidden, dtype=torch.long)
     with torch.no_grad():
         for name, param in student.state_dict().items():
-            suffix = next((s for s in _LAYOUT if name.endswith(s)), None)
-            if suffix is None:
+            # the exact last two name parts ("q_norm.weight"): a suffix match would let "norm.weight" shadow
+            # "input_layernorm.weight" or Qwen3's "q_norm.weight"
+            suffix = ".".join(name.rsplit(".", 2)[-2:])
+            if suffix not in _LAYOUT:
                 raise NotImplementedError(f"shrink does not know how to slice {name!r} ({type(teacher).__name__})")
             match = _LAYER.search(name)
             new = int(match.group(1)) if match else None

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from hf_distill.cascade.recipe import ModelRef, Recipe, RecipeError, Stage
+from hf_distill.config import default_kd_chunk_size
 from hf_distill.models import count_parameters
 from hf_distill.shrink import shrunk_config
 
@@ -85,7 +86,7 @@ def _activation_bytes(stage: Stage, config: PretrainedConfig) -> float:
 
 def _kd_bytes(stage: Stage, vocab: int) -> float:
     """The fused KD loss materialises chunk x vocab float32 tensors: teacher probs, student log-probs, grads."""
-    chunk = stage.training.get("kd_chunk_size") or max(64, 2**25 // max(vocab, 1))
+    chunk = stage.training.get("kd_chunk_size") or default_kd_chunk_size(vocab)  # as DistillationConfig.loss_spec
     return 4 * chunk * vocab * 4
 
 

@@ -115,15 +115,15 @@ class CascadeRunner:
         spec = stage.data
         key = json.dumps(spec.__dict__, sort_keys=True)
         if key not in self._datasets:
-            if spec.dataset == "arithmetic":
-                data = load_reasoning_dataset("arithmetic", **{"seed": self.recipe.seed, **spec.generator})
-            elif Path(spec.dataset).exists():
-                data = load_reasoning_dataset(spec.dataset)
+            generator = {"seed": self.recipe.seed, **spec.generator} if spec.dataset == "arithmetic" else {}
+            if spec.dataset == "arithmetic" or Path(spec.dataset).exists():
+                source = spec.dataset
             else:
                 from datasets import load_dataset
 
-                data = load_dataset(spec.dataset, spec.subset)
-            data = load_reasoning_dataset(data, question_column=spec.question_column, answer_column=spec.answer_column)
+                source = load_dataset(spec.dataset, spec.subset)
+            data = load_reasoning_dataset(source, question_column=spec.question_column,
+                                          answer_column=spec.answer_column, **generator)
             self._datasets[key] = DatasetDict({"train": data[spec.train_split], "test": data[spec.test_split]})
         return self._datasets[key]
 
