@@ -83,3 +83,16 @@ def machine_lines() -> list[str]:
         f"- torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
         f"accelerate {accelerate.__version__}, Python {platform.python_version()}",
     ]
+
+
+def make_demo_student(tokenizer, teacher, seed: int, init: str):
+    """A student for the demo-based experiments. ``shrink``: the demo's student, cut out of the teacher;
+    ``random``: a fresh 128x2 Llama (seed + 1) of about the same size, the demo's student before it became a shrink
+    (what the README's feature-alignment numbers were measured with)."""
+    from hf_distill.demo import DemoSettings
+    from hf_distill.models import ModelSize, build_llama
+    from hf_distill.shrink import shrink_model
+
+    if init == "shrink":
+        return shrink_model(teacher, DemoSettings().student)[0]
+    return build_llama(tokenizer, ModelSize(hidden_size=128, num_layers=2, num_heads=4), seed=seed + 1)

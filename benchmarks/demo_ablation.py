@@ -25,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from _common import make_demo_student  # benchmarks/ is on sys.path when this file runs as a script
 from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
@@ -33,8 +34,7 @@ from hf_distill.config import DistillationConfig
 from hf_distill.data.reasoning import to_prompt_completion
 from hf_distill.demo import DemoSettings, _training_args
 from hf_distill.evaluation import answer_agreement, evaluate_reasoning
-from hf_distill.models import ModelSize, build_llama, count_parameters
-from hf_distill.shrink import shrink_model
+from hf_distill.models import count_parameters
 from hf_distill.trainer import DistillationTrainer
 
 
@@ -61,10 +61,7 @@ def main() -> None:
     train = data["train"] if args.n_train is None else data["train"].select(range(args.n_train))
     train = to_prompt_completion(train)
     teacher = AutoModelForCausalLM.from_pretrained(root / "teacher")
-    if args.init == "shrink":
-        student, _ = shrink_model(teacher, settings.student)
-    else:
-        student = build_llama(tokenizer, ModelSize(hidden_size=128, num_layers=2, num_heads=4), seed=args.seed + 1)
+    student = make_demo_student(tokenizer, teacher, args.seed, args.init)
 
     with tempfile.TemporaryDirectory() as out:
         common = _training_args(settings, Path(out), args.steps, settings.student_lr)

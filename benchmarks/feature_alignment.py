@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import StepTimer, load_average  # noqa: E402
+from _common import StepTimer, load_average, make_demo_student  # noqa: E402
 from datasets import load_from_disk  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
@@ -41,20 +41,7 @@ from hf_distill.config import DistillationConfig  # noqa: E402
 from hf_distill.data.reasoning import to_prompt_completion  # noqa: E402
 from hf_distill.demo import DemoSettings, _training_args  # noqa: E402
 from hf_distill.evaluation import evaluate_reasoning  # noqa: E402
-from hf_distill.models import ModelSize, build_llama  # noqa: E402
-from hf_distill.shrink import shrink_model  # noqa: E402
 from hf_distill.trainer import DistillationTrainer  # noqa: E402
-
-
-# the student the README's numbers were measured with (the demo's student before it became a shrink of the teacher)
-RANDOM_INIT_STUDENT = ModelSize(hidden_size=128, num_layers=2, num_heads=4)
-
-
-def make_student(tokenizer, teacher, settings: DemoSettings, init: str):
-    """``--init random``: a fresh 128x2 Llama (seed + 1); ``--init shrink``: the demo's student, cut from the teacher."""
-    if init == "shrink":
-        return shrink_model(teacher, settings.student)[0]
-    return build_llama(tokenizer, RANDOM_INIT_STUDENT, seed=settings.seed + 1)
 
 
 def run_arm(name: str, features: dict, demo: Path, out: Path, settings: DemoSettings, n_test: int, init: str) -> dict:
@@ -65,7 +52,7 @@ def run_arm(name: str, features: dict, demo: Path, out: Path, settings: DemoSett
     data = load_from_disk(str(demo / "data" / "dataset"))
     tokenizer = AutoTokenizer.from_pretrained(demo / "data" / "tokenizer")
     teacher = AutoModelForCausalLM.from_pretrained(demo / "teacher")
-    student = make_student(tokenizer, teacher, settings, init)
+    student = make_demo_student(tokenizer, teacher, settings.seed, init)
     test = data["test"].select(range(min(n_test, len(data["test"]))))
     common = _training_args(settings, out / name / "run", settings.student_steps, settings.student_lr)
     args = DistillationConfig(**common, kd_loss=settings.kd_loss, temperature=settings.temperature,
@@ -102,7 +89,7 @@ def interleaved_step_times(arms: dict, demo: Path, out: Path, settings: DemoSett
         common = _training_args(settings, out / "timing", steps, settings.student_lr)
         args = DistillationConfig(**common, kd_loss=settings.kd_loss, temperature=settings.temperature,
                                   alpha=settings.alpha, **features)
-        student = make_student(tokenizer, teacher, settings, init)
+        student = make_demo_student(tokenizer, teacher, settings.seed, init)
         trainers[name] = DistillationTrainer(student, args, train_dataset=to_prompt_completion(data["train"]),
                                              processing_class=tokenizer, teacher_model=teacher)
     loader = iter(next(iter(trainers.values())).get_train_dataloader())

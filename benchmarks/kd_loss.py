@@ -428,17 +428,10 @@ def _print_table(rows: list[list[str]]) -> None:
     Console(width=max(120, len(HEADERS) * 14)).print(table)
 
 
-def _load() -> str:
-    try:
-        return "/".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def _machine_info(args) -> list[str]:
     import torch
 
-    from _common import cpu_name  # benchmarks/ is on sys.path when this file runs as a script
+    from _common import cpu_name, load_average  # benchmarks/ is on sys.path when this file runs as a script
 
     cpu = cpu_name()
     return [
@@ -455,7 +448,7 @@ def _machine_info(args) -> list[str]:
         "- cpu s: median CPU time (user + system, all threads) of the same runs; less sensitive than wall time to "
         "other processes on the machine, though spinning OpenMP threads count in it",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; load average (1/5/15 min) at start {args.load_start}, at end "
-        f"{_load()}: other processes on the machine slow the timings, never the memory columns",
+        f"{load_average()}: other processes on the machine slow the timings, never the memory columns",
     ]
 
 
@@ -521,7 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         args.vocabs, args.seq, args.repeats = [512], [64], 1
         args.chunk_sizes = args.chunk_sizes or [16]
 
-    args.load_start = _load()
+    from _common import load_average  # here, not at the top: a --worker process measures memory without it
+
+    args.load_start = load_average()
     results = []
     jobs = [] if args.from_json else _jobs(args)
     if args.from_json:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
 from trl.models.utils import _ForwardRedirection, prepare_deepspeed, prepare_fsdp
 
@@ -165,7 +166,7 @@ class DistillationTrainer(SFTTrainer):
         try:
             super()._save_checkpoint(model, trial)
         except OSError as error:  # disk full mid-save: leave no half-written checkpoint-N to resume from
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             raise discard_failed_save(folder, error) from error
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:

@@ -55,7 +55,9 @@ class TeacherSignal(Protocol):
 
 
 class NonFiniteTeacherError(FloatingPointError):
-    pass
+    def __init__(self, message: str = "The teacher produced NaN/inf logits. Load the teacher in float32 or bfloat16 "
+                 "instead of float16 (`teacher_dtype`), and check its weights with a plain forward pass."):
+        super().__init__(message)
 
 
 @dataclass
@@ -86,10 +88,7 @@ class DenseTeacherSignal:
             chunk = F.linear(chunk.to(weight.dtype), weight, bias)  # (C, V)
         chunk = chunk[:, : self.vocab_size].to(self.output_device or chunk.device, torch.float32)
         if check_finite and not torch.isfinite(chunk.sum(-1)).all():  # NaN/inf anywhere makes a row's sum so
-            raise NonFiniteTeacherError(
-                "The teacher produced NaN/inf logits. Load the teacher in float32 or bfloat16 instead of float16 "
-                "(`teacher_dtype`), and check its weights with a plain forward pass."
-            )
+            raise NonFiniteTeacherError()
         return chunk
 
     def align(
