@@ -15,10 +15,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import SFTTrainer
 from trl.models.utils import _ForwardRedirection, prepare_deepspeed, prepare_fsdp
 
-from hf_distill.batch_checks import check_columns, check_not_empty, check_trial_batch, uses_own_collator
+from hf_distill.batch_checks import check_columns, check_not_empty, check_trial_batch
 from hf_distill.checkpoints import discard_failed_save, resolve_resume
 from hf_distill.codistill import save_teacher, teacher_param_group, unfreeze_teacher
 from hf_distill.config import DistillationConfig
@@ -29,13 +28,14 @@ from hf_distill.features.settings import require_live_teacher
 from hf_distill.losses import LossOutput
 from hf_distill.modeling import final_hidden_states, has_plain_output_head, output_vocab_size
 from hf_distill.objective import logit_distillation
+from hf_distill.preparation import PreparingSFTTrainer
 from hf_distill.quantization import keep_4bit_trainable
 from hf_distill.teacher.cache import CACHE_KEY, CachedTeacher, KeyedCollator, TeacherCache
 from hf_distill.teacher.live import LiveTeacher, load_teacher, load_teacher_tokenizer
 from hf_distill.teacher.vocab import check_same_tokenizer, shared_vocab_size
 
 
-class DistillationTrainer(SFTTrainer):
+class DistillationTrainer(PreparingSFTTrainer):
     """Trains ``model`` (the student) to match ``teacher_model``'s next-token distributions.
 
     Args:
@@ -80,9 +80,7 @@ class DistillationTrainer(SFTTrainer):
             )
         check_not_empty(train_dataset, "train_dataset")
         check_columns(train_dataset, args.dataset_text_field)
-        if uses_own_collator(data_collator, train_dataset):
-            # A stock transformers script: tokenized data + its own collator. Keep both exactly as `Trainer` would.
-            args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        # A stock transformers script (tokenized data + its own collator) keeps both exactly as `Trainer` would.
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, processing_class, **kwargs)
         # `Trainer` counts `num_items_in_batch` (the loss tokens of the whole accumulated batch) only for models
         # that accept loss kwargs; our loss always uses it.
@@ -239,9 +237,3 @@ class DistillationTrainer(SFTTrainer):
         if self.args.co_distill and self.args.should_save:
             save_teacher(self.teacher.unwrapped, self.args.output_dir, self.processing_class)
         return output
-
-    def _set_signature_columns_if_needed(self):
-        if self._skip_prepare_dataset and not self._is_vision_dataset:
-            # Data prepared by the user: keep the columns a plain `Trainer` would keep (attention_mask included).
-            return super(SFTTrainer, self)._set_signature_columns_if_needed()
-        return super()._set_signature_columns_if_needed()

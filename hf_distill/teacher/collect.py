@@ -36,10 +36,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
-from trl import SFTTrainer
 
-from hf_distill.batch_checks import uses_own_collator
 from hf_distill.modeling import output_vocab_size
+from hf_distill.preparation import PreparingSFTTrainer
 from hf_distill.teacher.cache import (
     CACHE_KEY,
     FORMAT_NAME,
@@ -132,15 +131,6 @@ def _cache_vocab_size(model: nn.Module, tokenizer) -> int:
     return tokens
 
 
-class _Preparer(SFTTrainer):
-    """`SFTTrainer` used only for its dataset preparation and collator, with DistillationTrainer's column rule."""
-
-    def _set_signature_columns_if_needed(self):
-        if self._skip_prepare_dataset and not self._is_vision_dataset:
-            return super(SFTTrainer, self)._set_signature_columns_if_needed()
-        return super()._set_signature_columns_if_needed()
-
-
 def prepare_like_trainer(model: nn.Module, args, dataset, tokenizer, data_collator=None):
     """The dataset (tokenized, unused columns removed) and collator that ``DistillationTrainer`` would train on."""
     if args.packing or args.padding_free:
@@ -148,10 +138,7 @@ def prepare_like_trainer(model: nn.Module, args, dataset, tokenizer, data_collat
             "Teacher-logit caches do not support `packing` or `padding_free` yet: packed rows would need their own "
             "keys. Set packing=False and padding_free=False for both collection and training."
         )
-    args = copy.copy(args)
-    if uses_own_collator(data_collator, dataset):  # as DistillationTrainer does for a stock transformers script
-        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
-    preparer = _Preparer(model, args, data_collator, dataset, processing_class=tokenizer)
+    preparer = PreparingSFTTrainer(model, copy.copy(args), data_collator, dataset, processing_class=tokenizer)
     prepared = preparer._remove_unused_columns(preparer.train_dataset, "training")
     return prepared, KeyedCollator(preparer.data_collator)
 
