@@ -17,7 +17,7 @@ with ``hf_distill.teacher.live.load_teacher`` (``teacher_dtype`` / ``teacher_qua
 Not a test: run it by hand (a few minutes on 2 CPU cores; ``--quick`` is the seconds-long smoke run)::
 
     OMP_NUM_THREADS=2 python benchmarks/teacher_memory.py [--hidden 768 --layers 12 --vocab 32000] [--markdown out.md]
-    python benchmarks/teacher_memory.py --quick --in-process      # the smoke run of tests/test_quantization.py
+    python benchmarks/teacher_memory.py --quick --in-process      # the smoke run of tests/test_benchmarks_smoke.py
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,11 @@ def test_demo_based_experiments_run_on_a_fast_demo(tmp_path):
     proc = _run("traces_vs_kd.py", "--demo-dir", str(demo), "--out", str(tmp_path / "traces"), "--problems", "8",
                 "--steps", "2", "--batch-size", "4", "--student", "16,1,2", "--max-new-tokens", "16")
     assert "traces+kd" in proc.stdout
+
+
+def test_teacher_memory_benchmark_runs_at_toy_size():
+    pytest.importorskip("bitsandbytes")
+    proc = _run("teacher_memory.py", "--quick", "--in-process")
+    for mode in ("float32", "bfloat16", "8bit", "4bit"):
+        assert f"| {mode} " in proc.stdout, proc.stdout
+    assert "vs float32" in proc.stdout

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from conftest import make_llama, prompt_completion, tiny_config
@@ -16,8 +12,6 @@ bnb = pytest.importorskip("bitsandbytes")
 from hf_distill import DistillationConfig, DistillationTrainer  # noqa: E402
 from hf_distill import quantization as quant  # noqa: E402
 from hf_distill.teacher.live import load_teacher  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 needs_cpu_4bit_kernel = pytest.mark.skipif(
     torch.cuda.is_available() or not quant._cpu_repacks_4bit(), reason="the 32-row limit is for AVX512-BF16 CPUs"
 )
@@ -158,14 +152,3 @@ def test_teacher_quantization_needs_a_path_and_is_validated(tmp_path, tokenizer,
     with pytest.raises(ValueError, match="keep one"):
         DistillationConfig(output_dir=str(tmp_path), teacher_quantization="8bit",
                            teacher_model_init_kwargs={"quantization_config": {"load_in_8bit": True}})
-
-
-def test_teacher_memory_benchmark_runs_at_toy_size():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "teacher_memory.py"), "--quick", "--in-process"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for mode in ("float32", "bfloat16", "8bit", "4bit"):
-        assert f"| {mode} " in proc.stdout, proc.stdout
-    assert "vs float32" in proc.stdout
