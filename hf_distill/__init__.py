@@ -1,5 +1,11 @@
 """hf_distill: distil large language models into small ones with the Hugging Face Trainer."""
 
+from hf_distill._compat import silence_bitsandbytes_kernel_note
+
+silence_bitsandbytes_kernel_note()  # before anything below imports peft (and so bitsandbytes)
+
+# ruff: noqa: E402
+
 from hf_distill.config import DistillationConfig
 from hf_distill.losses import DIVERGENCES, LossSpec, fused_distillation_loss
 from hf_distill.teacher.cache import TeacherCache

@@ -55,8 +55,10 @@ def _cache_logits(argv: list[str]) -> int:
     parser.add_argument("--shard-size", type=int, default=1024, help="examples per shard file (the unit of resuming)")
     parser.add_argument("--max-length", type=int, default=1024, help="truncation length; must match training's "
                         "max_length (default 1024, as DistillationConfig)")
-    parser.add_argument("--num-examples", type=int, default=2000, help="problems to generate for 'arithmetic' "
-                        "(as `hf-distill train --num_examples`)")
+    parser.add_argument("--num-examples", type=int, default=None, help="keep the first N examples; for "
+                        "'arithmetic', the problems generated (default 2000), as `hf-distill train --num_examples`")
+    parser.add_argument("--dataset-train-split", default="train", help="split with `datasets` slice syntax, e.g. "
+                        "'train[:500]', as `hf-distill train --dataset_train_split`")
     parser.add_argument("--question-column", default="question")
     parser.add_argument("--answer-column", default="answer")
     parser.add_argument("--teacher-dtype", default=None, help="auto, float32, bfloat16 or float16")
@@ -65,10 +67,14 @@ def _cache_logits(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from hf_distill.config import DistillationConfig
+    from hf_distill.gguf import load_tokenizer
     from hf_distill.teacher.collect import collect_teacher_cache
-    from hf_distill.train import training_dataset
+    from hf_distill.train import DatasetArguments, load_splits
 
-    data = training_dataset(args.dataset, args.num_examples, args.question_column, args.answer_column)
+    dataset_args = DatasetArguments(dataset=args.dataset, dataset_train_split=args.dataset_train_split,
+                                    num_examples=args.num_examples, question_column=args.question_column,
+                                    answer_column=args.answer_column)
+    data, _ = load_splits(dataset_args, tokenizer=load_tokenizer(args.teacher))
     config = DistillationConfig(output_dir=args.out, max_length=args.max_length, temperature=args.temperature,
                                 report_to=[])
     manifest = collect_teacher_cache(

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from hf_distill.losses import LossOutput, LossSpec, fused_distillation_loss
+from hf_distill.losses.chunked import autocast_head
 from hf_distill.modeling import output_head
 from hf_distill.teacher.signals import DenseTeacherSignal
 
@@ -63,12 +64,12 @@ def teacher_loss(
     """The teacher's DML objective over the N loss tokens (same normalisation as the student's).
 
     ``teacher_rows``/``student_rows`` are ``(N, H)`` final states (or ``(N, V)`` logits when a model has no plain
-    head). The student side is detached: this loss moves the teacher only.
+    head). The student side is detached: this loss moves the teacher only. Under autocast both heads project in its
+    dtype, as they do for the student's loss.
     """
     weight, bias = output_head(student) if student_uses_head else (None, None)
-    student_signal = DenseTeacherSignal(
-        student_rows.detach(), vocab_size, _detach(weight), _detach(bias), teacher_rows.device
-    )
+    weight, bias = autocast_head(_detach(weight), _detach(bias))
+    student_signal = DenseTeacherSignal(student_rows.detach(), vocab_size, weight, bias, teacher_rows.device)
     teacher_weight, teacher_bias = output_head(teacher) if teacher_uses_head else (None, None)
     return fused_distillation_loss(
         teacher_rows, teacher_weight, teacher_bias, student_signal, targets.to(teacher_rows.device), spec,

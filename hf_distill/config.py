@@ -146,6 +146,15 @@ class DistillationConfig(RedactedTokens, SFTConfig):
         default=1,
         metadata={"help": "Epochs ordered easy to hard before shuffling uniformly (with `curriculum`)."},
     )
+    # TRL's field with a new default (None): loss on the assistant turns of conversations whatever the template.
+    assistant_only_loss: bool | None = field(
+        default=None,
+        metadata={"help": "Loss on `messages` (chat) data. None (default) or True: only on the assistant turns "
+                  "(content and end-of-turn token), found by rendering each conversation message by message, so "
+                  "templates without {% generation %} markers (SmolLM2, Qwen2.5, Llama 3) work; a template that "
+                  "rewrites earlier turns fails at construction. False: TRL's behaviour, loss on the whole "
+                  "conversation. Prompt-completion data follows `completion_only_loss` (True adds TRL's own masks)."},
+    )
 
     def __post_init__(self):
         # TRL turns bf16 on by default, which TrainingArguments rejects on a machine with no accelerator unless
@@ -165,6 +174,9 @@ class DistillationConfig(RedactedTokens, SFTConfig):
                              f"train_sampling_strategy={self.train_sampling_strategy!r} or curriculum.")
         if self.curriculum_epochs < 1:
             raise ValueError(f"curriculum_epochs must be at least 1, got {self.curriculum_epochs}")
+        if self.assistant_only_loss not in (None, True, False):
+            raise ValueError(f"assistant_only_loss must be None (assistant turns of conversations), True or False "
+                             f"(loss on the whole conversation), got {self.assistant_only_loss!r}")
 
     def loss_spec(self, vocab_size: int, sparse: bool = False) -> LossSpec:
         chunk = self.kd_chunk_size or default_kd_chunk_size(vocab_size, sparse)

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from hf_distill.answers import extract_answer, normalize_number
+from hf_distill.data.reasoning import has_chat_template, log_plain_format, plain_prompt
 from hf_distill.models import count_parameters
 
 
@@ -26,11 +27,32 @@ class ReasoningEval:
 
 
 def chat_prompts(tokenizer: PreTrainedTokenizerBase, questions: list[str]) -> list[str]:
-    """Each question as a user turn, ready for the assistant's reply (the format the models were trained on)."""
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-        for q in questions
-    ]
+    """Each question as a user turn, ready for the assistant's reply (the format the models were trained on).
+
+    Without a chat template (a base model), the plain format of
+    :func:`~hf_distill.data.reasoning.to_prompt_completion` instead, ``"Question: ...\nAnswer:"``, after the special
+    tokens the tokenizer puts first (Gemma's ``<bos>``): :func:`generate` adds none, training did.
+    """
+    return [prompt_text(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    """The text a model continues after ``messages`` (an optional system turn, then one user turn): its chat template
+    with the generation prompt, or the plain format for a tokenizer without one."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    log_plain_format()
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system") or None
+    user = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
+    return leading_special_text(tokenizer) + plain_prompt(user, system)
+
+
+def leading_special_text(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The special tokens the tokenizer adds before a text (e.g. ``"<bos>"``), as text; "" when none."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    start = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), 0)
+    return tokenizer.decode(full[:start]) if start else ""
 
 
 @torch.no_grad()

@@ -28,7 +28,8 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None = None, priv
         raise ValueError(f"{folder} holds no *.safetensors weights; save with `save_pretrained(..., "
                          "safe_serialization=True)` (pickled .bin weights are never pushed)")
     if not (folder / "README.md").exists():
-        raise ValueError(f"{folder} has no README.md model card; `hf-distill cascade` writes one for every stage")
+        raise ValueError(f"{folder} has no README.md model card; `DistillationTrainer.save_model` (`hf-distill "
+                         "train`) and `hf-distill cascade` write one")
     api = HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     commit = api.upload_folder(folder_path=str(folder), repo_id=repo.repo_id, repo_type="model", revision=revision,

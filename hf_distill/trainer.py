@@ -30,7 +30,7 @@ from hf_distill.modeling import final_hidden_states, has_plain_output_head, outp
 from hf_distill.objective import logit_distillation
 from hf_distill.preparation import PreparingSFTTrainer
 from hf_distill.quantization import keep_4bit_trainable
-from hf_distill.teacher.cache import CACHE_KEY, CachedTeacher, KeyedCollator, TeacherCache
+from hf_distill.teacher.cache import CACHE_KEY, CachedTeacher, KeyedCollator, TeacherCache, preparation_fields
 from hf_distill.teacher.live import LiveTeacher, load_teacher, load_teacher_tokenizer
 from hf_distill.teacher.vocab import check_same_tokenizer, shared_vocab_size
 
@@ -134,7 +134,8 @@ class DistillationTrainer(PreparingSFTTrainer):
 
     def _ddp(self, module: nn.Module | None) -> nn.Module | None:
         """Under DDP, a module trained outside ``self.model`` needs its own wrapper to all-reduce its gradients.
-        Plain DDP, not ``accelerator.prepare_model``: that would also run it under autocast, unlike one process."""
+        Plain DDP, not ``accelerator.prepare_model``: that would wrap its forward in a second autocast; the loss
+        already runs under the trainer's one (``_distillation_loss``), on one process and under DDP alike."""
         if module is None or not any(True for _ in module.parameters()) or self.accelerator.num_processes == 1:
             return module
         device = self.accelerator.device
@@ -145,7 +146,7 @@ class DistillationTrainer(PreparingSFTTrainer):
         evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
         datasets = {"train_dataset": self.train_dataset, **{k: v for k, v in evals.items() if v is not None}}
         cache.check(tokenizer=self._tokenizer, student_vocab_rows=output_vocab_size(self.model),
-                    temperature=self.args.temperature, datasets=datasets)
+                    temperature=self.args.temperature, datasets=datasets, preparation=preparation_fields(self.args))
         self.data_collator = KeyedCollator(self.data_collator)  # batches carry their examples' cache keys
         self.teacher, self.vocab_size = CachedTeacher(cache), cache.vocab_size
         self.loss_spec = self.args.loss_spec(self.vocab_size, sparse=True)
@@ -198,13 +199,17 @@ class DistillationTrainer(PreparingSFTTrainer):
         return loss
 
     def _distillation_loss(self, student: nn.Module, inputs: dict, num_items_in_batch) -> LossOutput:
-        if self._aligned is not None:  # hidden-state alignment and/or co-distillation: hf_distill.features.objective
-            return self._aligned(student, inputs, num_items_in_batch)
-        use_head = has_plain_output_head(student)
-        states = final_hidden_states(student, inputs, use_head)  # (B, T, H) or (B, T, V)
-        return logit_distillation(
-            student, states, use_head, inputs, self.teacher, self.vocab_size, self.loss_spec, num_items_in_batch
-        ).output
+        # This runs in place of the `forward` that accelerate wrapped in its autocast (bf16/fp16), and calls the
+        # backbone directly: enter that same autocast here, as SFTTrainer's forward does (a no-op in float32). The
+        # teacher follows it where its dtype allows (LiveTeacher); the loss math stays float32 (losses.chunked).
+        with self.accelerator.autocast():
+            if self._aligned is not None:  # feature alignment and/or co-distillation: hf_distill.features.objective
+                return self._aligned(student, inputs, num_items_in_batch)
+            use_head = has_plain_output_head(student)
+            states = final_hidden_states(student, inputs, use_head)  # (B, T, H) or (B, T, V)
+            return logit_distillation(
+                student, states, use_head, inputs, self.teacher, self.vocab_size, self.loss_spec, num_items_in_batch
+            ).output
 
     def _log_loss_parts(self, output: LossOutput, inputs: dict) -> None:
         mode = "train" if self.model.training else "eval"
@@ -237,3 +242,22 @@ class DistillationTrainer(PreparingSFTTrainer):
         if self.args.co_distill and self.args.should_save:
             save_teacher(self.teacher.unwrapped, self.args.output_dir, self.processing_class)
         return output
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:  # the card goes with the weights, whatever `save_strategy` says
+            from hf_distill.cards.trainer import save_card, trainer_card
+
+            folder = output_dir or self.args.output_dir
+            save_card(trainer_card(self, output_dir=folder), folder)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None, license: str | None = None, **kwargs) -> None:
+        """Replaces TRL's card (which `push_to_hub` and every checkpoint write) with ours: the student's starting
+        point, the teacher, the distillation settings and the last logged metrics (hf_distill.cards.trainer).
+        ``dataset`` (transformers' name for ``dataset_name``) is accepted; other transformers keywords are ignored."""
+        if self.is_world_process_zero():
+            from hf_distill.cards.trainer import save_card, trainer_card
+
+            dataset_name = dataset_name or kwargs.get("dataset")
+            save_card(trainer_card(self, model_name, dataset_name, tags, license), self.args.output_dir)

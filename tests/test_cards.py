@@ -68,3 +68,41 @@ def test_plots_are_written_as_png(tmp_path):
     assert training_curves([{"train_runtime": 1.0}], tmp_path / "none.png") is None  # nothing logged, no plot
     plot = cascade_plot(LINEAGE, tmp_path / "cascade.png", title="qwen")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*"))
+
+
+def _cascade_card(tmp_path, push: dict | None = None) -> ModelCard:
+    """s2's card in a cascade whose root teacher and s1's starting checkpoint are local folders of this machine."""
+    from hf_distill.cards import write_stage_card
+    from hf_distill.cascade import parse_recipe
+    from hf_distill.cascade.runner import StageContext
+
+    root_teacher, base = tmp_path / "models" / "big-teacher", tmp_path / "models" / "small-base"
+    s1 = {"name": "s1", "method": "logit", "student": {"model": str(base)}, **({"push_to_hub": push} if push else {})}
+    s2 = {"name": "s2", "method": "logit", "student": {"shrink": {"num_layers": 1}}}
+    recipe = parse_recipe({"name": "local", "teacher": str(root_teacher), "stages": [s1, s2]},
+                          path=tmp_path / "recipes" / "local.yaml")
+    out = tmp_path / "cascade"
+    model_dir = out / "stages" / "s2" / "model"
+    model_dir.mkdir(parents=True)
+    lineage = [{"name": "root teacher", "model": str(root_teacher), "parameters": 2e6, "accuracy": 0.5},
+               {"name": "s1", "model": str(out / "stages" / "s1" / "model"), "parameters": 1e6, "accuracy": 0.4}]
+    manifest = {"stages": {"s1": {"model_dir": str(out / "stages" / "s1" / "model")}}}
+    metrics = {"accuracy": 0.3, "parameters": 5e5}
+    write_stage_card(model_dir, recipe.stages[1], StageContext(recipe, out, lineage), metrics, None, None, manifest)
+    card = ModelCard.load(model_dir / "README.md")
+    assert str(tmp_path) not in card.content  # no path of the machine that trained it, anywhere
+    return card
+
+
+def test_cascade_card_names_local_models_by_their_folder_not_their_path(tmp_path):
+    card = _cascade_card(tmp_path)
+    assert card.data.base_model is None  # pruned from a local teacher: no Hub base model
+    assert "| 0 | root teacher (`big-teacher`) |" in card.text and "| 1 | s1 (`stages/s1/model`) |" in card.text
+    assert "from the teacher `stages/s1/model`" in card.text and 'from_pretrained("stages/s2/model")' in card.text
+    assert "hf-distill cascade local.yaml" in card.text
+
+
+def test_cascade_card_names_a_pushed_teacher_by_its_repo_id(tmp_path):
+    card = _cascade_card(tmp_path, push={"repo_id": "alice/s1"})
+    assert card.data.base_model == "alice/s1"  # pruned from the pushed s1
+    assert "| 1 | s1 (`alice/s1`) |" in card.text and "from the teacher `alice/s1`" in card.text

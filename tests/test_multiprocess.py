@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_distill.py"
 
 
-def _run(command: list[str], out: Path, batch_size: int) -> list[dict]:
+def _run(command: list[str], out: Path, batch_size: int, *flags: str) -> list[dict]:
     out.mkdir()
-    result = subprocess.run([*command, str(out), str(batch_size)], cwd=ROOT, env=subprocess_env(), capture_output=True,
-                            text=True, timeout=240)
+    result = subprocess.run([*command, str(out), str(batch_size), *flags], cwd=ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return [json.loads(path.read_text()) for path in sorted(out.glob("rank-*.json"))]
 
@@ -36,7 +37,7 @@ def runs(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("multiprocess")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(ROOT / "recipes" / "accelerate" / "ddp.yaml"), "--num_processes", "2", str(SCRIPT)]
-    ddp = _run(launch, tmp / "ddp", batch_size=4)  # 2 processes x batch 4
+    ddp = _run(launch, tmp / "ddp", 4, "--bf16")  # 2 processes x batch 4, then one bf16 step
     spec = importlib.util.spec_from_file_location("ddp_distill", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -65,6 +66,13 @@ def test_two_processes_of_batch_4_train_like_one_process_of_batch_8(runs):
     assert ddp["losses"] == pytest.approx(single["losses"], rel=1e-5)
     assert ddp["weights_sum"] == pytest.approx(single["weights_sum"], rel=1e-6)
     assert ddp["weights_sq_sum"] == pytest.approx(single["weights_sq_sum"], rel=1e-6)
+
+
+def test_two_processes_run_the_student_and_teacher_layers_in_bf16(runs):
+    # accelerate puts its autocast on the student's forward, which the loss replaces (under DDP's forward) for a step.
+    ranks = runs["ddp"]
+    assert [r["bf16_dtypes"] for r in ranks] == [{"student": ["torch.bfloat16"], "teacher": ["torch.bfloat16"]}] * 2
+    assert math.isfinite(ranks[0]["bf16_loss"]) and ranks[0]["bf16_loss"] == ranks[1]["bf16_loss"]
 
 
 def test_the_student_is_saved_once_by_the_main_process(runs):

@@ -129,3 +129,26 @@ def test_cascade_stage_pushes_its_card_and_weights_without_leaking_the_token(hub
     assert f"Bearer {TOKEN}" in hub.auth
     assert not any(TOKEN in line for line in logs)
     assert not any(TOKEN.encode() in f.read_bytes() for f in tmp_path.rglob("*") if f.is_file())
+
+
+def test_trainer_push_to_hub_uploads_our_card(hub, tmp_path, tokenizer, student):
+    from datasets import Dataset
+
+    from hf_distill import DistillationTrainer
+    from tests.conftest import CORPUS, make_llama, tiny_config
+
+    teacher_dir = tmp_path / "my-teacher"
+    make_llama(len(tokenizer), hidden=64, layers=2, seed=2).save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    args = tiny_config(tmp_path, max_steps=1, hub_model_id="alice/distilled", hub_token=TOKEN, temperature=3.0)
+    trainer = DistillationTrainer(student, args, train_dataset=Dataset.from_dict({"text": CORPUS[:8]}),
+                                  processing_class=tokenizer, teacher_model=str(teacher_dir))
+    trainer.train()
+    trainer.push_to_hub()
+    card = hub.files["README.md"].decode()
+    kd_loss = [entry for entry in trainer.state.log_history if "kd_loss" in entry][-1]["kd_loss"]
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(hub.files)
+    assert "from the teacher `my-teacher` (a local checkpoint;" in card and "| temperature | 3 |" in card
+    assert f"| kd_loss | {kd_loss:.4g} | 1 |" in card and 'from_pretrained("alice/distilled")' in card
+    assert "model_name: distilled" in card and "None" not in card and str(tmp_path) not in card and TOKEN not in card
+    assert card == (tmp_path / "out" / "README.md").read_text()  # the card pushed is the one kept locally

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from datasets import Dataset
+from tokenizers import decoders
 from torch import nn
 from transformers import PretrainedConfig
 from trl import SFTConfig, SFTTrainer
@@ -84,6 +85,9 @@ def problems(n=3):
 def test_default_template_is_the_format_chat_models_were_trained_on(chat_tokenizer):
     question = PROBLEMS[0]["question"]
     assert TEMPLATES["default"].render(chat_tokenizer, question) == chat_prompts(chat_tokenizer, [question])[0]
+    plain = make_tokenizer()  # no chat template: the plain format of to_prompt_completion, for base models
+    assert TEMPLATES["default"].render(plain, question) == chat_prompts(plain, [question])[0] == \
+        f"Question: {question}\nAnswer:"
 
 
 def test_step_by_step_template_asks_for_steps_and_a_final_line(chat_tokenizer):
@@ -139,6 +143,14 @@ def test_keeps_only_verified_distinct_traces_with_provenance(tmp_path, chat_toke
     assert traces["prompt"][0] == [{"role": "user", "content": PROBLEMS[0]["question"]}]
     assert traces["num_steps"] == [1, 2, 1] and traces["teacher"] == ["fake-teacher"] * 3
     assert traces["prompt_template"] == ["default"] * 3 and all(traces["verified"])
+
+
+def test_traces_for_a_tokenizer_without_chat_template_are_plain_text(tmp_path):
+    plain = make_tokenizer()
+    plain.backend_tokenizer.decoder = decoders.ByteLevel()  # the fake teacher reads its prompts back
+    traces = collect(tmp_path, plain, num_samples=1, temperature=0.0)
+    assert traces["prompt"][0] == f"Question: {PROBLEMS[0]['question']}\nAnswer:"
+    assert traces["completion"][0] == " 3+4 = 7\n#### 7"
 
 
 def test_input_prompt_completion_columns_are_replaced_by_the_traces(tmp_path, chat_tokenizer):

@@ -14,6 +14,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_distill.cards.plots import cascade_plot, training_curves
+from hf_distill.cards.refs import folder_name, hub_id, strip_local_paths
 
 if TYPE_CHECKING:
     from hf_distill.cascade.recipe import Stage
@@ -125,24 +126,28 @@ def write_stage_card(model_dir: Path, stage: "Stage", context: "StageContext", m
     this = {"name": stage.name, "model": None, **metrics}
     rows = [row for row in (*context.lineage, this) if row.get("accuracy") is not None]
     plotted = cascade_plot(rows, model_dir / "cascade.png", title=recipe.name) if len(rows) > 1 else None
-    teacher = _teacher_ref(recipe, index, manifest) if stage.methods != ["sft"] else None
+    teacher_raw = _teacher_ref(recipe, index, manifest)  # a hub id, or a path of this machine
+    teacher = _shown(teacher_raw, context.root, recipe) if stage.methods != ["sft"] else None
     if stage.student.model:
         base_model = stage.student.model  # fine-tuned from this checkpoint
     elif stage.student.shrink is not None:
-        base_model = _teacher_ref(recipe, index, manifest)  # pruned from the teacher
+        base_model = teacher_raw  # pruned from the teacher
     else:
         base_model = None  # trained from scratch
     push = stage.push_to_hub or {}
     data = stage.data.dataset
     hub_dataset = data if data != "arithmetic" and not Path(data).exists() else None
+    lineage = [{**row, "model": _shown(row["model"], context.root, recipe) if row.get("model") else None}
+               for row in (*context.lineage, this)]
     card = render_card(
         model_name=push.get("repo_id", "").split("/")[-1] or f"{recipe.name}-{stage.name}",
         recipe_name=recipe.name, stage_index=index + 1, num_stages=len(recipe.stages), methods=stage.methods,
-        teacher=teacher, base_model=base_model, lineage=[*context.lineage, this], metrics=metrics,
-        stage_recipe=stage.raw, dataset="embedded arithmetic word problems (GSM8K format)" if data == "arithmetic"
-        else data, hub_dataset=hub_dataset, license=recipe.license, shrink=shrink, adapter=adapter,
-        repo_or_path=push.get("repo_id", str(model_dir)),
-        recipe_file=str(recipe.path or "RECIPE.yaml"), has_curves=curves is not None,
+        teacher=teacher, base_model=hub_id(base_model), lineage=lineage, metrics=metrics,
+        stage_recipe=strip_local_paths(stage.raw), dataset="embedded arithmetic word problems (GSM8K format)"
+        if data == "arithmetic" else hub_dataset or folder_name(data), hub_dataset=hub_dataset,
+        license=recipe.license, shrink=shrink, adapter=adapter,
+        repo_or_path=push.get("repo_id") or _shown(str(model_dir), context.root, recipe),
+        recipe_file=_shown_path(recipe.path) if recipe.path else "RECIPE.yaml", has_curves=curves is not None,
         has_cascade_plot=plotted is not None,
     )
     tmp = model_dir / ".README.md.tmp"
@@ -151,8 +156,26 @@ def write_stage_card(model_dir: Path, stage: "Stage", context: "StageContext", m
     return card
 
 
+def _shown(ref: str, root: Path, recipe) -> str:
+    """A model as a card shows it, never by a path of this machine: a stage by its pushed repo, else by its folder
+    inside the cascade's output (``stages/<name>/model``); anything else by its hub id or folder name."""
+    path, root = Path(ref).expanduser().resolve(), Path(root).resolve()
+    for stage in recipe.stages:
+        if stage.push_to_hub and path == root / "stages" / stage.name / "model":
+            return stage.push_to_hub["repo_id"]
+    if hub_id(ref):
+        return ref
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else folder_name(ref)
+
+
+def _shown_path(path) -> str:
+    """A file the reader runs again (the recipe): kept when relative, by its name when absolute."""
+    return Path(path).name if Path(path).is_absolute() else str(path)
+
+
 def _teacher_ref(recipe, index: int, manifest: dict) -> str:
-    """The teacher by the name a reader can find: its hub repo if it was pushed, else its id or local path."""
+    """The teacher by the name a reader can find: its hub repo if it was pushed, else its id or local path
+    (which :func:`_shown` turns into a name for the card)."""
     if index == 0:
         return recipe.teacher.model if recipe.teacher and recipe.teacher.model else "inline config"
     previous = recipe.stages[index - 1]

@@ -14,8 +14,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from hf_distill.cascade.recipe import ModelRef, Recipe, RecipeError, Stage
 from hf_distill.config import default_kd_chunk_size
+from hf_distill.gguf import gguf_reference
 from hf_distill.models import count_parameters
-from hf_distill.shrink import shrunk_config
+from hf_distill.shrink import check_shrinkable
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "8bit": 1, "4bit": 0.5}
 
@@ -45,6 +46,9 @@ def config_of(ref: ModelRef, tokenizer_vocab: int | None = None) -> PretrainedCo
             values["vocab_size"] = tokenizer_vocab
         return AutoConfig.for_model(values.pop("model_type"), **values)
     try:
+        reference = gguf_reference(ref.model)
+        if reference is not None:  # a .gguf file: transformers reads its config from the GGUF metadata
+            return AutoConfig.from_pretrained(reference[0], gguf_file=reference[1])
         return AutoConfig.from_pretrained(ref.model, revision=ref.revision)
     except OSError as err:
         raise RecipeError(
@@ -99,8 +103,9 @@ def build_plan(recipe: Recipe) -> list[StagePlan]:
         spec = stage.student
         if spec.shrink is not None:
             try:
-                student_config = shrunk_config(teacher_config, spec.shrink)
-            except ValueError as err:
+                # on the meta device: refuses, naming the tensor, an architecture shrink cannot slice
+                student_config = check_shrinkable(teacher_config, spec.shrink)
+            except (ValueError, NotImplementedError) as err:
                 raise RecipeError(f"stage {stage.name}: {err}") from None
             student_name = f"shrink of {teacher_name}"
         else:

@@ -34,6 +34,7 @@ from hf_distill.cascade.stage import build_student, save_student, train_stage
 from hf_distill.checkpoints import last_complete_checkpoint
 from hf_distill.data.reasoning import load_reasoning_dataset
 from hf_distill.evaluation import answer_agreement, evaluate_reasoning
+from hf_distill.gguf import convert_gguf, is_gguf, load_causal_lm, load_tokenizer
 from hf_distill.hub import push_folder
 from hf_distill.logic_match import mean_logic_match
 from hf_distill.teacher.cache import write_json_atomic  # tmp + fsync + rename
@@ -72,6 +73,8 @@ def _fingerprint_model(ref: str) -> str:
     """A local teacher is fingerprinted by its config and weight files' sizes; a hub id by its name (its revision
     is part of the recipe, hashed separately)."""
     path = Path(ref)
+    if path.is_file():  # a .gguf teacher: its name and size
+        return hashlib.sha256(f"{path.name}:{path.stat().st_size}".encode()).hexdigest()[:16]
     if not path.is_dir():
         return ref
     digest = hashlib.sha256()
@@ -109,7 +112,7 @@ class CascadeRunner:
         source = spec or (self.recipe.teacher.model if self.recipe.teacher else self.recipe.stages[0].student.model)
         if source is None:
             raise RecipeError("recipe: set `tokenizer:` (a path/hub id, or {vocab_size: N} to train one on the data)")
-        return AutoTokenizer.from_pretrained(source)
+        return load_tokenizer(source)
 
     def dataset(self, stage: Stage) -> DatasetDict:
         spec = stage.data
@@ -135,7 +138,8 @@ class CascadeRunner:
         tokenizer = self.tokenizer()
         teacher = self.recipe.teacher.model if self.recipe.teacher else None
         teacher_hash = _fingerprint_model(teacher) if teacher else "none"
-        lineage = [self._root_entry(tokenizer)] if teacher else []
+        teacher = self._converted(teacher, teacher_hash)
+        lineage = [self._root_entry(tokenizer, teacher)] if teacher else []
         force = False
         for index, stage in enumerate(self.recipe.stages):
             force = force or stage.name == from_stage
@@ -157,14 +161,31 @@ class CascadeRunner:
         self._summarise(lineage)
         return self.manifest.data
 
-    def _root_entry(self, tokenizer) -> dict:
+    def _converted(self, teacher: str | None, teacher_hash: str) -> str | None:
+        """A GGUF root teacher is dequantised once into ``root_teacher/`` (every stage that loads it, and every rerun,
+        then reads safetensors); other teachers are used where they are."""
+        if teacher is None or not is_gguf(teacher):
+            return teacher
+        folder = self.root / "root_teacher"
+        marker = folder / "source_fingerprint"
+        if not (marker.is_file() and marker.read_text() == teacher_hash):
+            self.log(f"root teacher {teacher}: converting the GGUF file once into {folder}")
+            convert_gguf(teacher, folder)
+            marker.write_text(teacher_hash)  # last: a folder without it is converted again
+        return str(folder)
+
+    def _root_entry(self, tokenizer, teacher: str) -> dict:
         """The root teacher, evaluated once (its accuracy is what the first stage keeps a share of)."""
         ref = self.recipe.teacher
         entry = self.manifest.data.setdefault("root", {})
         stage = self.recipe.stages[0]
         if stage.evaluation.enabled and "metrics" not in entry:
-            model = AutoModelForCausalLM.from_pretrained(ref.model, revision=ref.revision)
+            self.log(f"root teacher {ref.model}: evaluating on the test problems (once; kept in the manifest)")
+            began = time.perf_counter()
+            model = load_causal_lm(teacher, revision=None if teacher != ref.model else ref.revision)
             metrics, answers = self._evaluate(model, tokenizer, stage, None)
+            self.log(f"root teacher: accuracy {metrics['accuracy']:.1%} on {metrics['eval_examples']} problems "
+                     f"({time.perf_counter() - began:.0f} s)")
             write_json_atomic(self.root / "root_eval.json", answers)
             entry.update(metrics=metrics, model=ref.model)
             write_json_atomic(self.manifest.path, self.manifest.data)
@@ -202,6 +223,7 @@ class CascadeRunner:
 
         metrics: dict[str, Any] = {}
         if stage.evaluation.enabled:
+            self.log(f"stage {stage.name}: evaluating the student")
             model = AutoModelForCausalLM.from_pretrained(model_dir)
             teacher_answers = self._answers(index, teacher)
             metrics, answers = self._evaluate(model, tokenizer, stage, teacher_answers)

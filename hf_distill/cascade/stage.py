@@ -21,6 +21,7 @@ from hf_distill.cascade.recipe import RecipeError, Stage
 from hf_distill.config import DistillationConfig
 from hf_distill.data.reasoning import to_prompt_completion
 from hf_distill.demo import _fast_bf16_available
+from hf_distill.gguf import load_causal_lm
 from hf_distill.quantization import describe_adapter, load_quantized, merge_adapters
 from hf_distill.shrink import shrink_model
 from hf_distill.traces import TraceConfig, collect_traces
@@ -31,12 +32,12 @@ def build_student(stage: Stage, teacher: str | None, tokenizer, seed: int):
     """The stage's initial student and, for a shrink, which teacher layers/channels it kept."""
     spec = stage.student
     if spec.shrink is not None:
-        teacher_model = AutoModelForCausalLM.from_pretrained(teacher)
+        teacher_model = load_causal_lm(teacher)
         return shrink_model(teacher_model, spec.shrink)
     if spec.model is not None:
         if stage.student_quantization:  # QLoRA: a quantised base under the stage's LoRA adapter
             return load_quantized(spec.model, stage.student_quantization, revision=spec.revision), None
-        return AutoModelForCausalLM.from_pretrained(spec.model, revision=spec.revision), None
+        return load_causal_lm(spec.model, revision=spec.revision), None
     config = config_of(spec, len(tokenizer))  # a fresh model sized to the tokenizer
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         if name not in spec.config:
@@ -90,7 +91,7 @@ def train_stage(stage: Stage, student, teacher: str | None, tokenizer, train: Da
     if "traces" in stage.methods:
         data = _traces(stage, teacher, tokenizer, train, run_dir.parent / "traces", log)
     else:
-        data = to_prompt_completion(train)
+        data = to_prompt_completion(train, tokenizer=tokenizer)
     common = dict(train_dataset=data, processing_class=tokenizer, peft_config=lora_config(stage),
                   callbacks=list(callbacks))
     if any(m in ("logit", "features") for m in stage.methods):

@@ -7,14 +7,17 @@ get any source into that shape, or fail early with a message that says how to fi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset
+from transformers import PreTrainedTokenizerBase
 
 from hf_distill.data.arithmetic import make_arithmetic_dataset
 
 ARITHMETIC = "arithmetic"
+logger = logging.getLogger(__name__)
 
 
 def load_reasoning_dataset(
@@ -89,12 +92,57 @@ def _standardise(dataset: Dataset, question_column: str, answer_column: str, whe
     return dataset.rename_columns({old: new for old, new in renames.items() if old != new})
 
 
-def to_prompt_completion(dataset: Dataset | DatasetDict, system_prompt: str | None = None) -> Dataset | DatasetDict:
-    """Add TRL's conversational prompt-completion columns, keeping ``question`` and ``answer``.
+PLAIN_PROMPT = "Question: {question}\nAnswer:"
+"""The prompt for a tokenizer without a chat template (a base model); the completion is ``" " + answer`` (TRL's
+``SFTTrainer`` appends EOS to it). A system prompt goes first, followed by a blank line."""
 
-    ``prompt`` holds the (optional system and) user turns and ``completion`` the assistant turn;
-    TRL's ``SFTTrainer`` then masks the prompt out of the loss (``completion_only_loss``).
+_plain_format_logged = False
+
+
+def has_chat_template(tokenizer: PreTrainedTokenizerBase | None) -> bool:
+    """Whether prompts are chat turns: True without a tokenizer (the caller did not say), else its chat template."""
+    return tokenizer is None or bool(getattr(tokenizer, "chat_template", None))
+
+
+def plain_prompt(question: str, system_prompt: str | None = None) -> str:
+    """``question`` in the plain format of :data:`PLAIN_PROMPT`, for base models without a chat template."""
+    system = f"{system_prompt}\n\n" if system_prompt else ""
+    return system + PLAIN_PROMPT.format(question=question)
+
+
+def log_plain_format() -> None:
+    """Say once per process that a tokenizer has no chat template and the plain format is used instead."""
+    global _plain_format_logged
+    if not _plain_format_logged:
+        _plain_format_logged = True
+        logger.warning(
+            "The tokenizer has no chat template (a base model): reasoning data and evaluation prompts use the plain "
+            "format %r + ' <answer>' instead of chat turns.", PLAIN_PROMPT
+        )
+
+
+def to_prompt_completion(
+    dataset: Dataset | DatasetDict,
+    system_prompt: str | None = None,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Dataset | DatasetDict:
+    """Add TRL's prompt-completion columns, keeping ``question`` and ``answer``.
+
+    Conversational by default: ``prompt`` holds the (optional system and) user turns and ``completion`` the assistant
+    turn. Pass the ``tokenizer`` that will train on the data: if it has no chat template (a base model), the columns
+    are plain text instead, ``prompt`` = ``"Question: {question}\nAnswer:"`` and ``completion`` = ``" {answer}"``
+    (the format :func:`~hf_distill.evaluation.chat_prompts` then evaluates with), and a warning says so once.
+    Either way TRL's ``SFTTrainer`` masks the prompt out of the loss (``completion_only_loss``).
     """
+    if not has_chat_template(tokenizer):
+        log_plain_format()
+
+        def plain(example: dict[str, Any]) -> dict[str, str]:
+            return {"prompt": plain_prompt(example["question"], system_prompt), "completion": " " + example["answer"]}
+
+        return dataset.map(plain)
+
     system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
 
     def convert(example: dict[str, Any]) -> dict[str, list[dict[str, str]]]:

@@ -16,10 +16,17 @@ the chunk's logits are taken at once (as Liger-Kernel's fused linear losses do) 
 ``(N, H)`` hidden-state gradient and one ``V x H`` weight gradient, accumulated in place (which the optimizer needs
 anyway). Peak extra memory is about three ``chunk_size x V`` float32 tensors for the default forward KL, whose
 gradient is written by hand (:mod:`hf_distill.losses.dense`), and about five for the other divergences (autograd).
+
+Mixed precision: under autocast (the trainer's ``bf16``/``fp16``), the student's head projections (its forward and the
+hidden-state gradient) run in the autocast dtype, as ``lm_head`` does in ``SFTTrainer``; the logits are then cast to
+float32 and the divergence, the CE and their gradient are computed with autocast off, in float32 (autocast would run
+e.g. ``linalg.vecdot`` in bfloat16 on a CPU); the ``V x H`` weight gradient accumulates in float32. A teacher signal's
+head projects in its weight's dtype: callers cast it with :func:`autocast_head` to follow the autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -127,8 +134,9 @@ def _chunked_stats(
             logits = h.to(torch.float32, copy=True)  # the caller's logits: not ours to overwrite
         else:
             h = h.to(weight.dtype)
-            logits = F.linear(h, weight, bias).float()  # (C, Vs)
-        kd, ce, agree, grad = _chunk_terms(logits, teacher, rows, targets[rows], spec, need_grad)
+            logits = F.linear(h, weight, bias).float()  # (C, Vs), projected in the autocast dtype under autocast
+        with _float32_math(hidden.device):
+            kd, ce, agree, grad = _chunk_terms(logits, teacher, rows, targets[rows], spec, need_grad)
         del logits
         if grad is not None:
             if weight is None:
@@ -136,13 +144,36 @@ def _chunked_stats(
             else:
                 grad = grad.to(weight.dtype)
                 if grad_hidden is not None:
-                    grad_hidden[rows] = grad @ weight  # (C, H)
+                    grad_hidden[rows] = grad @ weight  # (C, H), in the autocast dtype as autograd's would be
                 if grad_weight is not None:
-                    grad_weight.addmm_(grad.T, h)  # (V, H)
+                    grad_weight.addmm_(grad.T, h)  # (V, H); in place, so never autocast: float32 accumulation
                 if grad_bias is not None:
                     grad_bias += grad.sum(0)
         stats += torch.stack([kd, ce, agree.to(kd.dtype)]).double()
     return stats
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast runs matmuls in on ``device``'s type here and now, or None outside autocast."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+
+
+def autocast_head(
+    weight: torch.Tensor | None, bias: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A frozen output head for a :class:`DenseTeacherSignal`, cast to the autocast dtype of its device, as autocast
+    would cast it for ``F.linear`` (unchanged outside autocast). Done once per batch: the chunks do not re-cast it."""
+    dtype = None if weight is None else autocast_dtype(weight.device)
+    if dtype is None or not weight.dtype.is_floating_point:
+        return weight, bias
+    return weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
+def _float32_math(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device``'s type, where it is on: the per-chunk loss math runs in float32."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class _FusedChunkedLoss(torch.autograd.Function):

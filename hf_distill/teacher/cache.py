@@ -302,8 +302,21 @@ class TeacherCache:
         return ids.astype(np.int32), logprobs, tail, np.array([len(part[2]) for part in parts], dtype=np.int64)
 
     def check(self, *, tokenizer=None, student_vocab_rows: int | None = None, temperature: float | None = None,
-              datasets: dict | None = None) -> None:
-        """Raise :class:`CacheMismatchError` (naming the field) unless this cache fits the training run."""
+              datasets: dict | None = None, preparation: dict | None = None) -> None:
+        """Raise :class:`CacheMismatchError` (naming the field) unless this cache fits the training run.
+
+        ``preparation``: the run's tokenization settings (:func:`preparation_fields` of its config), compared with
+        the recorded ones before the datasets, so a different ``max_length`` is named as such, with both values.
+        """
+        recorded = self.manifest.get("preparation") or {}
+        for field, value in (preparation or {}).items():
+            if field in recorded and recorded[field] != value:
+                raise CacheMismatchError(
+                    f"preparation.{field}",
+                    f"the cache at {self.path} was collected with {field}={recorded[field]!r}, this run has "
+                    f"{field}={value!r}: the examples are tokenized differently. Fix: train with "
+                    f"{field}={recorded[field]!r}, or re-collect the cache with {field}={value!r}.",
+                )
         if tokenizer is not None and tokenizer_fingerprint(tokenizer) != self.manifest["tokenizer_fingerprint"]:
             raise CacheMismatchError(
                 "tokenizer_fingerprint",
@@ -348,6 +361,15 @@ class TeacherCache:
                 "collect the cache from the same dataset with the same tokenization settings (max_length, "
                 "completion_only_loss, chat template), e.g. `hf-distill cache-logits` with the arguments of this run.",
             )
+
+
+# The config fields that decide how examples are tokenized: recorded in the manifest, compared at training.
+PREPARATION_FIELDS = ("max_length", "truncation_mode", "completion_only_loss", "assistant_only_loss",
+                      "dataset_text_field", "chat_template_path")
+
+
+def preparation_fields(args) -> dict:
+    return {name: getattr(args, name, None) for name in PREPARATION_FIELDS}
 
 
 class CachedTeacher:

@@ -50,6 +50,7 @@ from hf_distill.teacher.cache import (
     dataset_keys,
     fsync_dir,
     keys_fingerprint,
+    preparation_fields,
     read_manifest,
     sha256_file,
     verify_shard,
@@ -328,9 +329,7 @@ def collect_teacher_cache(
         "temperature": float(temperature),
         "dtypes": {"token_ids": np.dtype(id_dtype).name, "logprobs": logprob_dtype, "tail_logprob": "float32"},
         "dataset": {"fingerprint": keys_fingerprint(unique), "num_examples": len(unique)},
-        "preparation": {name: getattr(args, name, None) for name in (
-            "max_length", "truncation_mode", "completion_only_loss", "assistant_only_loss", "dataset_text_field",
-            "chat_template_path")},
+        "preparation": preparation_fields(args),
         "shard_size": shard_size,
         "num_shards": num_shards,
     }

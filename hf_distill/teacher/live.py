@@ -6,6 +6,7 @@ only. It runs in eval mode under ``no_grad`` and may sit on another device or in
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from trl.models.utils import _ForwardRedirection
 
+from hf_distill.gguf import is_gguf, load_causal_lm, load_tokenizer
 from hf_distill.modeling import (
     final_output, forward_outputs, has_plain_output_head, loss_rows, model_inputs, output_head,
 )
-from hf_distill.quantization import with_quantization
+from hf_distill.losses.chunked import autocast_dtype, autocast_head
+from hf_distill.quantization import quantization_mode, with_quantization
 from hf_distill.teacher.signals import DenseTeacherSignal
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,9 +54,16 @@ def load_teacher(
         kwargs.setdefault("dtype", dtype or "auto")
         kwargs.setdefault("trust_remote_code", trust_remote_code)
         kwargs.setdefault("use_safetensors", True)  # never unpickle a downloaded .bin
-        kwargs = with_quantization(str(teacher), kwargs, quantization, dtype, device)
         try:
-            teacher = AutoModelForCausalLM.from_pretrained(str(teacher), **kwargs)
+            if is_gguf(teacher, kwargs.get("gguf_file")):
+                if quantization is not None:
+                    raise ValueError(f"teacher_quantization={quantization!r} cannot be applied to the GGUF file "
+                                     f"{str(teacher)!r}: convert it first (hf_distill.gguf.convert_gguf) and load "
+                                     "the converted folder, or drop teacher_quantization.")
+                teacher = load_causal_lm(str(teacher), **kwargs)  # dequantised to float32, then `dtype`
+            else:
+                kwargs = with_quantization(str(teacher), kwargs, quantization, dtype, device)
+                teacher = AutoModelForCausalLM.from_pretrained(str(teacher), **kwargs)
         except OSError as error:
             raise OSError(
                 f"Could not load the teacher from {str(teacher)!r}: {error}. Pass a local directory written by "
@@ -77,6 +87,8 @@ def load_teacher(
 def load_teacher_tokenizer(teacher: str | os.PathLike | nn.Module) -> PreTrainedTokenizerBase | None:
     """The tokenizer saved beside a teacher checkpoint, if there is one (used to check it matches the student's)."""
     source = teacher if isinstance(teacher, (str, os.PathLike)) else getattr(teacher, "name_or_path", None)
+    if source and is_gguf(source) and Path(source).is_file():
+        return load_tokenizer(str(source))  # the tokenizer inside the GGUF file
     if not source or not Path(source).is_dir():
         return None
     try:
@@ -95,16 +107,40 @@ class LiveTeacher:
         self.use_head = has_plain_output_head(self.unwrapped)
         self._redirect = _ForwardRedirection()
 
+    def follows_autocast(self) -> bool:
+        """Whether the teacher runs under the caller's autocast on its device (the trainer's bf16/fp16).
+
+        A quantised teacher does not: bitsandbytes computes in its own compute dtype. A co-trained (co_distill) one
+        does, like the student. A frozen one does when its weights are float32 under bfloat16 autocast, or already in
+        the autocast dtype; a float32 or bfloat16 teacher is never run in float16, whose range overflows on the
+        activations of many bfloat16-trained models (NonFiniteTeacherError): ``teacher_dtype='float16'`` opts in.
+        """
+        dtype = autocast_dtype(self.device)
+        if dtype is None or quantization_mode(self.unwrapped) is not None:
+            return False
+        params = list(self.unwrapped.parameters())
+        if any(p.requires_grad for p in params):
+            return True
+        weights = next((p.dtype for p in params if p.is_floating_point()), dtype)
+        return weights == dtype or (dtype == torch.bfloat16 and weights == torch.float32)
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        if autocast_dtype(self.device) is None or self.follows_autocast():
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, enabled=False)  # the teacher's own dtype
+
     def outputs(self, inputs: dict, **kwargs):
         """The teacher's forward outputs on a student batch, in the caller's grad mode (``kwargs`` such as
-        ``output_hidden_states=True`` go to the forward). Final states: ``final_output(outputs, self.use_head)``."""
+        ``output_hidden_states=True`` go to the forward) and under its autocast where :meth:`follows_autocast`.
+        Final states: ``final_output(outputs, self.use_head)``."""
         batch = {key: value.to(self.device) for key, value in model_inputs(inputs).items()}
-        if self.model is self.unwrapped:
-            return forward_outputs(self.model, batch, self.use_head, **kwargs)
-        # route through the wrapper so sharded parameters are gathered
-        return self._redirect(
-            self.model, self.unwrapped, forward_outputs, self.unwrapped, batch, self.use_head, **kwargs
-        )
+        with self._precision():
+            if self.model is self.unwrapped:
+                return forward_outputs(self.model, batch, self.use_head, **kwargs)
+            # route through the wrapper so sharded parameters are gathered
+            return self._redirect(
+                self.model, self.unwrapped, forward_outputs, self.unwrapped, batch, self.use_head, **kwargs
+            )
 
     @torch.no_grad()
     def signal(
@@ -117,4 +153,6 @@ class LiveTeacher:
             states = final_output(self.outputs(inputs), self.use_head)
         states = loss_rows(states, loss_mask)  # (N, H) or (N, V)
         weight, bias = output_head(self.unwrapped) if self.use_head else (None, None)
+        if self.follows_autocast():  # its lm_head projects in the autocast dtype too, chunk by chunk
+            weight, bias = autocast_head(weight, bias)
         return DenseTeacherSignal(states, vocab_size, weight, bias, output_device)

@@ -33,6 +33,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from hf_distill.answers import extract_answer
+from hf_distill.data.reasoning import has_chat_template, plain_prompt
 from hf_distill.evaluation import generate
 from hf_distill.logic_match import arithmetic_errors
 from hf_distill.teacher.cache import fsync_dir, sha256_file, write_json_atomic
@@ -73,10 +74,11 @@ def collect_traces(
     Returns:
         A prompt/completion dataset for `SFTTrainer`/`DistillationTrainer`: ``prompt`` is the bare question as a
         user turn (the student learns to reason without the scaffolding), ``completion`` the canonical trace
-        (rationale + ``#### answer``) as an assistant turn, plus ``question``, ``answer`` (gold), the input's other
-        columns and the provenance columns ``teacher``, ``prompt_template``, ``problem_id``, ``sample_index``,
-        ``verified`` (gold answer reached, and with ``verify_arithmetic`` every equation right), ``predicted_answer``
-        and ``arithmetic_errors``.
+        (rationale + ``#### answer``) as an assistant turn (for a tokenizer without a chat template, plain text
+        instead: ``"Question: ...\nAnswer:"`` and ``" " + trace``), plus ``question``, ``answer`` (gold), the
+        input's other columns and the provenance columns ``teacher``, ``prompt_template``, ``problem_id``,
+        ``sample_index``, ``verified`` (gold answer reached, and with ``verify_arithmetic`` every equation right),
+        ``predicted_answer`` and ``arithmetic_errors``.
     """
     config = config or TraceConfig()
     golds = _gold_answers(dataset)
@@ -103,7 +105,7 @@ def collect_traces(
         verified = sum(table.column("verified").to_pylist())
         log(f"traces: shard {index + 1}/{num_shards} (problems {start}-{stop - 1}): {table.num_rows} samples, "
             f"{verified} verified ({verified / max(table.num_rows, 1):.1%}), {time.perf_counter() - began:.1f} s")
-    traces = _assemble(out, manifest, dataset, teacher_name, template.name, config)
+    traces = _assemble(out, manifest, dataset, teacher_name, template.name, config, tokenizer)
     problems = len(set(traces["problem_id"]))
     log(f"traces: kept {len(traces)} traces covering {problems}/{len(dataset)} problems in {out / 'dataset'}")
     return traces
@@ -206,7 +208,17 @@ def _write_shard(out: Path, index: int, table: pa.Table) -> dict:
     return {"index": index, "file": f"shards/{path.name}", "num_samples": table.num_rows, "sha256": sha256_file(path)}
 
 
-def _assemble(out: Path, manifest: dict, dataset: Dataset, teacher: str, template: str, config: TraceConfig) -> Dataset:
+def _prompt_completion(questions: list[str], traces: list[str], tokenizer) -> dict[str, list]:
+    """Chat turns, or the plain format of :func:`~hf_distill.data.reasoning.to_prompt_completion` for a tokenizer
+    without a chat template (a base model)."""
+    if has_chat_template(tokenizer):
+        return {"prompt": [[{"role": "user", "content": q}] for q in questions],
+                "completion": [[{"role": "assistant", "content": t}] for t in traces]}
+    return {"prompt": [plain_prompt(q) for q in questions], "completion": [" " + t for t in traces]}
+
+
+def _assemble(out: Path, manifest: dict, dataset: Dataset, teacher: str, template: str, config: TraceConfig,
+              tokenizer: PreTrainedTokenizerBase) -> Dataset:
     samples = Dataset(pa.concat_tables([pq.read_table(out / entry["file"]) for entry in manifest["shards"]]))
     errors = [arithmetic_errors(completion) for completion in samples["completion"]]
     if config.verify_arithmetic:
@@ -230,8 +242,7 @@ def _assemble(out: Path, manifest: dict, dataset: Dataset, teacher: str, templat
     samples = samples.select(keep)
     problems = dataset.select(samples["problem_id"])  # the input's columns, one row per kept trace
     extra = Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": q}] for q in problems["question"]],
-        "completion": [[{"role": "assistant", "content": c}] for c in samples["completion"]],
+        **_prompt_completion(problems["question"], samples["completion"], tokenizer),
         "teacher": [teacher] * len(samples), "prompt_template": [template] * len(samples),
         **{name: samples[name] for name in PROVENANCE_COLUMNS[2:]},
     })

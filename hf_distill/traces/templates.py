@@ -1,9 +1,11 @@
 """Teacher scaffolding: the prompts that ask a teacher to reason step by step and end with a parseable answer.
 
 A template is a system message (optional) and a user message with a ``{question}`` slot. It is rendered through the
-teacher tokenizer's chat template, or as plain text for a base model without one. Pick the template the teacher
-follows: a small model fine-tuned on bare questions (the embedded demo's teacher) only answers in the format it was
-trained on, so ``"default"`` is the bare question; an instruct model needs the instructions of ``"step_by_step"``.
+teacher tokenizer's chat template or, for a base model without one, in the plain format training and evaluation use
+(:data:`~hf_distill.data.reasoning.PLAIN_PROMPT`), so a teacher trained here on plain text sees its own format (a
+custom template's text is used as written). Pick the template the teacher follows: a small model fine-tuned on bare
+questions (the embedded demo's teacher) only answers in the format it was trained on, so ``"default"`` is the bare
+question; an instruct model needs the instructions of ``"step_by_step"``.
 """
 
 from __future__ import annotations
@@ -12,16 +14,22 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from hf_distill.data.reasoning import has_chat_template
+from hf_distill.evaluation import leading_special_text, prompt_text
+
 _FINAL_LINE = "Finish with a final line of the form '#### <number>' that holds only the final answer."
 
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """``user`` must contain ``{question}``; ``system`` is an optional system message."""
+    """``user`` must contain ``{question}``; ``system`` is an optional system message. ``plain_format``: without a
+    chat template, frame the text in the plain training format (built-in templates); False: use it as written (a
+    custom template's text is the whole prompt)."""
 
     name: str
     user: str
     system: str | None = None
+    plain_format: bool = True
 
     def __post_init__(self):
         if "{question}" not in self.user:
@@ -32,10 +40,12 @@ class PromptTemplate:
         return [*system, {"role": "user", "content": self.user.replace("{question}", question)}]
 
     def render(self, tokenizer: PreTrainedTokenizerBase, question: str) -> str:
-        """The exact text the teacher continues: its chat template with the generation prompt, or plain text."""
-        if tokenizer.chat_template:
-            return tokenizer.apply_chat_template(self.messages(question), tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in self.messages(question)) + "\n"
+        """The exact text the teacher continues: its chat template with the generation prompt or, without one, the
+        plain format training and evaluation use (system text, a blank line, ``"Question: {user}\nAnswer:"``) or
+        the text as written; both after the special tokens the tokenizer starts a text with (Gemma's ``<bos>``)."""
+        if self.plain_format or has_chat_template(tokenizer):
+            return prompt_text(tokenizer, self.messages(question))
+        return leading_special_text(tokenizer) + "\n\n".join(m["content"] for m in self.messages(question)) + "\n"
 
 
 TEMPLATES = {
@@ -60,7 +70,7 @@ def get_template(name_or_text: str) -> PromptTemplate:
     if name_or_text in TEMPLATES:
         return TEMPLATES[name_or_text]
     if "{question}" in name_or_text:
-        return PromptTemplate("custom", name_or_text)
+        return PromptTemplate("custom", name_or_text, plain_format=False)
     raise ValueError(
         f"unknown prompt template {name_or_text!r}: use one of {sorted(TEMPLATES)} or a text containing "
         "'{question}' where the question goes"
