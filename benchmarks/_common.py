@@ -11,7 +11,12 @@ import time
 
 import torch
 from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+)
 
 
 def word_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
@@ -90,8 +95,8 @@ def make_demo_student(tokenizer, teacher, seed: int, init: str):
     ``random``: a fresh 128x2 Llama (seed + 1) of about the same size, the demo's student before it became a shrink
     (what the README's feature-alignment numbers were measured with)."""
     from hf_distill.demo import DemoSettings
-    from hf_distill.models import ModelSize, build_llama
-    from hf_distill.shrink import shrink_model
+    from hf_distill.models.build import ModelSize, build_llama
+    from hf_distill.models.shrink import shrink_model
 
     if init == "shrink":
         return shrink_model(teacher, DemoSettings().student)[0]

@@ -33,17 +33,18 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from _common import StepTimer  # noqa: E402 (benchmarks/ is on sys.path)
+from _common import llama as _llama
+from _common import word_tokenizer as _tokenizer
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.modeling import model_inputs
-from hf_distill.teacher.collect import collect_teacher_cache, prepare_like_trainer
+from hf_distill.cache.writer import collect_teacher_cache, prepare_like_trainer
+from hf_distill.models.introspect import model_inputs
 from hf_distill.teacher.live import load_teacher
-
-from _common import StepTimer, llama as _llama, word_tokenizer as _tokenizer  # noqa: E402 (benchmarks/ is on sys.path)
 
 SIZE_GOAL, COLLECTION_GOAL, STEP_GOAL = 100.0, 1.10, 1.10
 

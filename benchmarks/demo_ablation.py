@@ -25,7 +25,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from _common import make_demo_student  # benchmarks/ is on sys.path when this file runs as a script
+from _common import (
+    make_demo_student,  # benchmarks/ is on sys.path when this file runs as a script
+)
 from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
@@ -33,8 +35,8 @@ from trl import SFTConfig, SFTTrainer
 from hf_distill.config import DistillationConfig
 from hf_distill.data.reasoning import to_prompt_completion
 from hf_distill.demo import DemoSettings, _training_args
-from hf_distill.evaluation import answer_agreement, evaluate_reasoning
-from hf_distill.models import count_parameters
+from hf_distill.evaluation.generate import answer_agreement, evaluate_reasoning
+from hf_distill.models.build import count_parameters
 from hf_distill.trainer import DistillationTrainer
 
 

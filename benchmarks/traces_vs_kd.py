@@ -30,11 +30,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.answers import extract_answer
 from hf_distill.data.reasoning import to_prompt_completion
-from hf_distill.evaluation import answer_agreement, evaluate_reasoning
-from hf_distill.logic_match import mean_logic_match
-from hf_distill.models import ModelSize, build_llama
+from hf_distill.evaluation.answers import extract_answer
+from hf_distill.evaluation.generate import answer_agreement, evaluate_reasoning
+from hf_distill.evaluation.logic_match import mean_logic_match
+from hf_distill.models.build import ModelSize, build_llama
 from hf_distill.traces import TraceCollator, TraceConfig, collect_traces
 
 ARMS = ("traces", "answers", "kd", "traces+kd", "traces+curriculum")

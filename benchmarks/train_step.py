@@ -52,10 +52,18 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.teacher.collect import collect_teacher_cache
+from hf_distill.cache.writer import collect_teacher_cache
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import StepTimer, llama, load_average, machine_lines, params_m, size, word_tokenizer  # noqa: E402
+from _common import (  # noqa: E402
+    StepTimer,
+    llama,
+    load_average,
+    machine_lines,
+    params_m,
+    size,
+    word_tokenizer,
+)
 
 ARMS = ("sft", "trainer_ce", "teacher_forward", "ours_live", "ours_cached", "trl_gkd")
 CACHED_GOAL, LIVE_GOAL, TRL_GOAL = 1.10, 1.10, 1.0

@@ -6,10 +6,10 @@ silence_bitsandbytes_kernel_note()  # before anything below imports peft (and so
 
 # ruff: noqa: E402
 
+from hf_distill.cache.reader import TeacherCache
+from hf_distill.cache.writer import collect_teacher_cache
 from hf_distill.config import DistillationConfig
 from hf_distill.losses import DIVERGENCES, LossSpec, fused_distillation_loss
-from hf_distill.teacher.cache import TeacherCache
-from hf_distill.teacher.collect import collect_teacher_cache
 from hf_distill.trainer import DistillationTrainer
 
 __all__ = [

@@ -22,3 +22,21 @@ def silence_bitsandbytes_kernel_note() -> None:
     logger = logging.getLogger(_BNB_CPU_OPS_LOGGER)
     if not any(isinstance(f, _DropBitsandbytesKernelNote) for f in logger.filters):
         logger.addFilter(_DropBitsandbytesKernelNote())
+
+
+def moved_module(old: str, *new: str):
+    """A module ``__getattr__`` for a public module that moved (or was split): its names still import from ``old``
+    for one release, found in the ``new`` modules in order, with a DeprecationWarning naming where each one is now."""
+    import importlib
+    import warnings
+
+    def __getattr__(name: str):
+        for module in new:
+            found = importlib.import_module(module)
+            if hasattr(found, name) and not name.startswith("__"):
+                warnings.warn(f"{old} moved: import {name} from {module} ({old} goes in the next release).",
+                              DeprecationWarning, stacklevel=2)
+                return getattr(found, name)
+        raise AttributeError(f"module {old!r} has no attribute {name!r}")
+
+    return __getattr__

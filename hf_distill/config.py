@@ -12,8 +12,8 @@ from trl import SFTConfig
 from hf_distill.features.settings import check_feature_settings
 from hf_distill.losses import LossSpec
 from hf_distill.losses.divergences import DIVERGENCES
-from hf_distill.quantization import QUANTIZATION_MODES
-from hf_distill.redact import RedactedTokens
+from hf_distill.models.quantization import QUANTIZATION_MODES
+from hf_distill.training.redact import RedactedTokens
 
 
 @dataclass(repr=False)  # RedactedTokens' repr: a dataclass one would print `hub_token`
@@ -140,7 +140,7 @@ class DistillationConfig(RedactedTokens, SFTConfig):
         default=None,
         metadata={"help": "Order training from easy to hard by 'num_steps', 'length', 'teacher_loss' (the live "
                   "teacher's loss per example) or a numeric column name; default: random order. See "
-                  "hf_distill.curriculum."},
+                  "hf_distill.training.curriculum."},
     )
     curriculum_epochs: int = field(
         default=1,

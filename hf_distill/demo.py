@@ -5,7 +5,7 @@ Stages, each written in Hugging Face format under the output directory and skipp
 1. ``data/``: arithmetic word problems in GSM8K format (generated, deterministic by seed).
 2. ``tokenizer/``: a byte-level BPE trained on the task, with a chat template.
 3. ``teacher/``: a small Llama trained by plain SFT.
-4. ``student-kd/``: a >= 4x smaller Llama cut out of the teacher's weights (:mod:`hf_distill.shrink`: all layers,
+4. ``student-kd/``: a >= 4x smaller Llama cut out of the teacher's weights (:mod:`hf_distill.models.shrink`: all layers,
    narrower) and distilled from the teacher with logit KD.
 5. ``student-sft/``: the same student (same init, data and steps) trained by SFT only: the baseline.
 6. ``results.json``: accuracy, agreement with the teacher, parameters and generation speed of all three.
@@ -30,9 +30,13 @@ from hf_distill.config import DistillationConfig
 from hf_distill.data.arithmetic import make_arithmetic_dataset
 from hf_distill.data.reasoning import to_prompt_completion
 from hf_distill.data.tokenizer import train_tokenizer
-from hf_distill.evaluation import ReasoningEval, answer_agreement, evaluate_reasoning
-from hf_distill.models import ModelSize, build_llama
-from hf_distill.shrink import ShrinkSpec, shrink_model
+from hf_distill.evaluation.generate import (
+    ReasoningEval,
+    answer_agreement,
+    evaluate_reasoning,
+)
+from hf_distill.models.build import ModelSize, build_llama
+from hf_distill.models.shrink import ShrinkSpec, shrink_model
 from hf_distill.trainer import DistillationTrainer
 
 

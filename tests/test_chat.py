@@ -4,17 +4,17 @@ tokenizers that have no chat template at all."""
 import logging
 
 import pytest
+from conftest import make_llama, make_tokenizer, tiny_config
 from datasets import Dataset
 from tokenizers import decoders
 
-from conftest import make_llama, make_tokenizer, tiny_config
 from hf_distill import DistillationTrainer
+from hf_distill.cache.writer import prepare_like_trainer
 from hf_distill.data import reasoning
 from hf_distill.data.chat import assistant_masks, tokenize_conversations
 from hf_distill.data.reasoning import to_prompt_completion
 from hf_distill.data.tokenizer import train_tokenizer
-from hf_distill.evaluation import chat_prompts
-from hf_distill.teacher.collect import prepare_like_trainer
+from hf_distill.evaluation.generate import chat_prompts
 
 # Hand-written, marker-free versions of two released template families.
 QWEN_LIKE = (

@@ -5,9 +5,9 @@ from __future__ import annotations
 import yaml
 from transformers import AutoModelForCausalLM
 
-from hf_distill.cli import main
+from hf_distill.cli.main import main
 from hf_distill.data.tokenizer import train_tokenizer
-from hf_distill.models import ModelSize, build_llama
+from hf_distill.models.build import ModelSize, build_llama
 
 
 def _checkpoints(tmp_path):

@@ -8,8 +8,8 @@ from conftest import make_llama, prompt_completion, tiny_config
 from transformers import AutoModelForCausalLM
 
 from hf_distill import DistillationTrainer
-from hf_distill.codistill import teacher_loss
 from hf_distill.losses import LossSpec
+from hf_distill.objectives.codistill import teacher_loss
 
 
 def _trainer(tmp_path, tokenizer, teacher=None, **config):

@@ -10,7 +10,7 @@ from conftest import subprocess_env
 
 
 def test_commands_print_no_bitsandbytes_kernel_note():
-    result = subprocess.run([sys.executable, "-c", "import hf_distill.cli, hf_distill, peft, bitsandbytes"],
+    result = subprocess.run([sys.executable, "-c", "import hf_distill.cli.main, hf_distill, peft, bitsandbytes"],
                             capture_output=True, text=True, env=subprocess_env())
     assert result.returncode == 0, result.stderr
     assert "gemm_4bit_forward" not in result.stderr

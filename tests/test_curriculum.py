@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import prompt_completion, tiny_config
 from datasets import Dataset
 
-from conftest import prompt_completion, tiny_config
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.curriculum import (
+from hf_distill.training.curriculum import (
     CurriculumSampler,
     length_difficulty,
     steps_difficulty,

@@ -8,11 +8,11 @@ import shutil
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_distill.cli import main
+from hf_distill.cli.main import main
 from hf_distill.data.tokenizer import train_tokenizer
 from hf_distill.demo import DemoSettings, run_demo, settings_with
-from hf_distill.models import build_llama, count_parameters
-from hf_distill.shrink import shrink_model
+from hf_distill.models.build import build_llama, count_parameters
+from hf_distill.models.shrink import shrink_model
 
 
 @pytest.fixture(scope="module")

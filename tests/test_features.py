@@ -12,8 +12,19 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from hf_distill import DistillationTrainer
-from hf_distill.features import FeatureAligner, parse_layer_pairs, resolve_layer_pairs, uniform_layer_pairs
-from hf_distill.losses.features import FEATURE_LOSSES, attention_map_loss, cosine_loss, mse_loss, normalized_mse_loss
+from hf_distill.features import (
+    FeatureAligner,
+    parse_layer_pairs,
+    resolve_layer_pairs,
+    uniform_layer_pairs,
+)
+from hf_distill.losses.features import (
+    FEATURE_LOSSES,
+    attention_map_loss,
+    cosine_loss,
+    mse_loss,
+    normalized_mse_loss,
+)
 
 
 # --- pure losses ---------------------------------------------------------------------------------------------------
@@ -263,7 +274,7 @@ def test_uniform_map_pair_weights_are_counted_against_the_models(tmp_path, token
 
 
 def test_a_teacher_cache_passed_to_the_trainer_is_refused(tmp_path, tokenizer):
-    from hf_distill.teacher.collect import collect_teacher_cache
+    from hf_distill.cache.writer import collect_teacher_cache
 
     teacher = make_llama(len(tokenizer), hidden=64, layers=2, seed=2)
     data = prompt_completion(slice(0, 8))

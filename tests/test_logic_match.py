@@ -2,7 +2,7 @@
 
 import pytest
 
-from hf_distill.logic_match import (
+from hf_distill.evaluation.logic_match import (
     Step,
     align_steps,
     arithmetic_errors,

@@ -8,8 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_distill.losses import DIVERGENCES, LossSpec, fused_distillation_loss, get_divergence
-from hf_distill.teacher.signals import DenseTeacherSignal, NonFiniteTeacherError
+from hf_distill.losses import (
+    DIVERGENCES,
+    LossSpec,
+    fused_distillation_loss,
+    get_divergence,
+)
+from hf_distill.losses.targets import DenseTeacherSignal, NonFiniteTeacherError
 
 
 def _probs_reference(name: str, p: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:

@@ -19,8 +19,8 @@ from trl import SFTConfig, SFTTrainer
 
 from hf_distill import DistillationConfig, DistillationTrainer
 from hf_distill.losses import LossSpec, fused_distillation_loss
+from hf_distill.losses.targets import DenseTeacherSignal
 from hf_distill.teacher.live import LiveTeacher, load_teacher
-from hf_distill.teacher.signals import DenseTeacherSignal
 
 BF16, FP32 = {torch.bfloat16}, {torch.float32}
 
@@ -143,7 +143,7 @@ def test_live_teacher_follows_autocast_where_its_dtype_allows(tokenizer, autocas
                                                                trainable, expected):
     model = make_llama(len(tokenizer), 32, 1, seed=2).to(teacher_dtype).eval().requires_grad_(trainable)
     if quantised:
-        model.is_loaded_in_4bit = True  # what bitsandbytes sets; hf_distill.quantization.quantization_mode reads it
+        model.is_loaded_in_4bit = True  # what bitsandbytes sets; hf_distill.models.quantization.quantization_mode reads it
     seen = _record_dtypes(model, "teacher", {})
     teacher = LiveTeacher(model)
     inputs = {"input_ids": torch.randint(3, len(tokenizer), (2, 7))}

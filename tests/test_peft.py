@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from hf_distill import DistillationTrainer
-from hf_distill.quantization import (
+from hf_distill.models.quantization import (
     _cpu_repacks_4bit,
     describe_adapter,
     load_quantized,

@@ -5,13 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_llama, prompt_completion, tiny_config
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    BitsAndBytesConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 bnb = pytest.importorskip("bitsandbytes")
 
 from hf_distill import DistillationConfig, DistillationTrainer  # noqa: E402
 from hf_distill import quantization as quant  # noqa: E402
 from hf_distill.teacher.live import load_teacher  # noqa: E402
+
 needs_cpu_4bit_kernel = pytest.mark.skipif(
     torch.cuda.is_available() or not quant._cpu_repacks_4bit(), reason="the 32-row limit is for AVX512-BF16 CPUs"
 )

@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from hf_distill.cascade import RecipeError, load_recipe, parse_recipe
-from hf_distill.cascade.cli import main as cascade_main
 from hf_distill.cascade.plan import build_plan, parameter_count
+from hf_distill.cli.cascade import main as cascade_main
 
 # every cascade recipe, however deep; recipes/accelerate/ holds `accelerate launch` configs, not cascades
 RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)

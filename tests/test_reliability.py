@@ -26,11 +26,12 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import Trainer
 
-import hf_distill.teacher.collect as collect_module
+import hf_distill.cache.writer as collect_module
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.teacher.cache import CacheMismatchError, TeacherCache, TeacherCacheError
-from hf_distill.teacher.collect import collect_teacher_cache
-from hf_distill.teacher.signals import NonFiniteTeacherError
+from hf_distill.cache.format import CacheMismatchError, TeacherCacheError
+from hf_distill.cache.reader import TeacherCache
+from hf_distill.cache.writer import collect_teacher_cache
+from hf_distill.losses.targets import NonFiniteTeacherError
 from hf_distill.teacher.vocab import VocabularyMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, TrainingArguments
 
 import hf_distill.teacher.live as live_module
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.teacher.collect import collect_teacher_cache
+from hf_distill.cache.writer import collect_teacher_cache
 from hf_distill.teacher.live import load_teacher
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_distill"

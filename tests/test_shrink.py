@@ -10,10 +10,16 @@ import yaml
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from hf_distill.cascade.cli import main as cascade_main
 from hf_distill.cascade.plan import parameter_count
-from hf_distill.models import count_parameters
-from hf_distill.shrink import ShrinkSpec, check_shrinkable, select_layers, shrink_model, shrunk_config
+from hf_distill.cli.cascade import main as cascade_main
+from hf_distill.models.build import count_parameters
+from hf_distill.models.shrink import (
+    ShrinkSpec,
+    check_shrinkable,
+    select_layers,
+    shrink_model,
+    shrunk_config,
+)
 from tests.conftest import make_llama
 
 # Tiny decoders of each family transformers ships (hidden 64, 4 layers, 4 heads of 16, 2 kv heads), with the

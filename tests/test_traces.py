@@ -4,18 +4,18 @@ import json
 
 import pytest
 import torch
+from conftest import interrupt_on_call, make_llama, make_tokenizer, tiny_config
 from datasets import Dataset
 from tokenizers import decoders
 from torch import nn
 from transformers import PretrainedConfig
 from trl import SFTConfig, SFTTrainer
 
-from conftest import interrupt_on_call, make_llama, make_tokenizer, tiny_config
 from hf_distill import DistillationTrainer
-from hf_distill.cli import main as cli_main
+from hf_distill.cli.main import main as cli_main
 from hf_distill.data.tokenizer import train_tokenizer
-from hf_distill.evaluation import chat_prompts
-from hf_distill.models import ModelSize, build_llama
+from hf_distill.evaluation.generate import chat_prompts
+from hf_distill.models.build import ModelSize, build_llama
 from hf_distill.traces import (
     PROVENANCE_COLUMNS,
     TEMPLATES,

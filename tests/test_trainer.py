@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.modeling import has_plain_output_head
+from hf_distill.models.introspect import has_plain_output_head
 from hf_distill.teacher.vocab import VocabularyMismatchError
 
 

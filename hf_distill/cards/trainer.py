@@ -180,7 +180,7 @@ def trainer_card(trainer, model_name: str | None = None, dataset_name: str | Non
                  output_dir: str | os.PathLike | None = None) -> ModelCard:
     """The card of ``trainer``'s student as it stands (settings from ``trainer.args``, metrics from
     ``trainer.state.log_history``)."""
-    from hf_distill.quantization import describe_adapter
+    from hf_distill.models.quantization import describe_adapter
 
     args = trainer.args
     student = trainer.accelerator.unwrap_model(trainer.model)

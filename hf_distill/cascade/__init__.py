@@ -10,6 +10,6 @@ __all__ = ["Recipe", "RecipeError", "load_recipe", "parse_recipe", "main"]
 
 
 def main(argv: list[str]) -> int:
-    from hf_distill.cascade.cli import main as cli_main
+    from hf_distill.cli.cascade import main as cli_main
 
     return cli_main(argv)

@@ -14,9 +14,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from hf_distill.cascade.recipe import ModelRef, Recipe, RecipeError, Stage
 from hf_distill.config import default_kd_chunk_size
-from hf_distill.gguf import gguf_reference
-from hf_distill.models import count_parameters
-from hf_distill.shrink import check_shrinkable
+from hf_distill.models.build import count_parameters
+from hf_distill.models.gguf import gguf_reference
+from hf_distill.models.shrink import check_shrinkable
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "8bit": 1, "4bit": 0.5}
 

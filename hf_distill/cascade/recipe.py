@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from hf_distill.shrink import ShrinkSpec
+from hf_distill.models.shrink import ShrinkSpec
 from hf_distill.traces.config import TraceConfig
 
 METHODS = ("sft", "logit", "features", "traces")

@@ -31,13 +31,13 @@ from hf_distill.cards import write_stage_card
 from hf_distill.cards.plots import cascade_plot
 from hf_distill.cascade.recipe import Recipe, RecipeError, Stage
 from hf_distill.cascade.stage import build_student, save_student, train_stage
-from hf_distill.checkpoints import last_complete_checkpoint
 from hf_distill.data.reasoning import load_reasoning_dataset
-from hf_distill.evaluation import answer_agreement, evaluate_reasoning
-from hf_distill.gguf import convert_gguf, is_gguf, load_causal_lm, load_tokenizer
+from hf_distill.evaluation.generate import answer_agreement, evaluate_reasoning
+from hf_distill.evaluation.logic_match import mean_logic_match
 from hf_distill.hub import push_folder
-from hf_distill.logic_match import mean_logic_match
-from hf_distill.teacher.cache import write_json_atomic  # tmp + fsync + rename
+from hf_distill.models.gguf import convert_gguf, is_gguf, load_causal_lm, load_tokenizer
+from hf_distill.training.checkpoints import last_complete_checkpoint
+from hf_distill.utils.io import write_json_atomic
 
 MANIFEST = "manifest.json"
 

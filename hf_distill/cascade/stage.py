@@ -21,9 +21,13 @@ from hf_distill.cascade.recipe import RecipeError, Stage
 from hf_distill.config import DistillationConfig
 from hf_distill.data.reasoning import to_prompt_completion
 from hf_distill.demo import _fast_bf16_available
-from hf_distill.gguf import load_causal_lm
-from hf_distill.quantization import describe_adapter, load_quantized, merge_adapters
-from hf_distill.shrink import shrink_model
+from hf_distill.models.gguf import load_causal_lm
+from hf_distill.models.quantization import (
+    describe_adapter,
+    load_quantized,
+    merge_adapters,
+)
+from hf_distill.models.shrink import shrink_model
 from hf_distill.traces import TraceConfig, collect_traces
 from hf_distill.trainer import DistillationTrainer
 

@@ -132,7 +132,7 @@ def to_prompt_completion(
     Conversational by default: ``prompt`` holds the (optional system and) user turns and ``completion`` the assistant
     turn. Pass the ``tokenizer`` that will train on the data: if it has no chat template (a base model), the columns
     are plain text instead, ``prompt`` = ``"Question: {question}\nAnswer:"`` and ``completion`` = ``" {answer}"``
-    (the format :func:`~hf_distill.evaluation.chat_prompts` then evaluates with), and a warning says so once.
+    (the format :func:`~hf_distill.evaluation.generate.chat_prompts` then evaluates with), and a warning says so once.
     Either way TRL's ``SFTTrainer`` masks the prompt out of the loss (``completion_only_loss``).
     """
     if not has_chat_template(tokenizer):

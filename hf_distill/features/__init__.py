@@ -2,11 +2,15 @@
 
 ``layers`` chooses teacher->student layer pairs, ``aligner`` holds the learned projectors and turns states into a
 loss (the math is in :mod:`hf_distill.losses.features`), ``objective`` runs both models and combines it with the
-logit KD (and with co-distillation, :mod:`hf_distill.codistill`), ``checkpoint`` saves the projectors beside the
+logit KD (and with co-distillation, :mod:`hf_distill.objectives.codistill`), ``checkpoint`` saves the projectors beside the
 student's checkpoints and never inside the student.
 """
 
 from hf_distill.features.aligner import FeatureAligner, build_projector
-from hf_distill.features.layers import parse_layer_pairs, resolve_layer_pairs, uniform_layer_pairs
+from hf_distill.features.layers import (
+    parse_layer_pairs,
+    resolve_layer_pairs,
+    uniform_layer_pairs,
+)
 
 __all__ = ["FeatureAligner", "build_projector", "parse_layer_pairs", "resolve_layer_pairs", "uniform_layer_pairs"]

@@ -2,7 +2,7 @@
 
 The aligner is an ``nn.Module`` of its own, never a submodule of the student: its parameters are optimised with the
 student (an extra optimizer param group), saved in checkpoint directories by
-:mod:`hf_distill.features.checkpoint`, and absent from ``trainer.model``, so ``save_model``/``push_to_hub`` publish
+:mod:`hf_distill.training.extra_modules`, and absent from ``trainer.model``, so ``save_model``/``push_to_hub`` publish
 a clean student that loads with ``from_pretrained``.
 """
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from hf_distill.features.layers import LayerPair
 from hf_distill.losses.features import attention_map_loss, get_feature_loss
-from hf_distill.modeling import loss_rows
+from hf_distill.models.introspect import loss_rows
 
 PROJECTORS = ("linear", "identity")
 

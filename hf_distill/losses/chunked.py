@@ -35,7 +35,11 @@ import torch.nn.functional as F
 from hf_distill.losses.dense import dense_forward_kl_terms, is_forward_kl
 from hf_distill.losses.divergences import get_divergence
 from hf_distill.losses.sparse import sparse_chunk_terms
-from hf_distill.teacher.signals import DenseTeacherSignal, SparseTeacherSignal, TeacherSignal
+from hf_distill.losses.targets import (
+    DenseTeacherSignal,
+    SparseTeacherSignal,
+    TeacherSignal,
+)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from hf_distill.teacher.signals import DenseTeacherSignal
+from hf_distill.losses.targets import DenseTeacherSignal
 
 
 def is_forward_kl(divergence: str, beta: float) -> bool:

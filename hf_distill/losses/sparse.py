@@ -1,7 +1,7 @@
 """The per-chunk loss terms for a sparse teacher (top-k + tail, e.g. from a logit cache), fused by hand.
 
 Computes exactly what the generic path of :mod:`hf_distill.losses.chunked` computes with
-:meth:`~hf_distill.teacher.signals.SparseTeacherSignal.align` (the naive version, and the reference in the tests)::
+:meth:`~hf_distill.losses.targets.SparseTeacherSignal.align` (the naive version, and the reference in the tests)::
 
     student_logp, teacher_logp, top1 = signal.align(logits, rows, T)   # (C, K) buckets: top-k + rest
     kd = T**2 * divergence(student_logp, teacher_logp, beta).sum()

@@ -15,13 +15,18 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from trl.models.utils import _ForwardRedirection
 
-from hf_distill.gguf import is_gguf, load_causal_lm, load_tokenizer
-from hf_distill.modeling import (
-    final_output, forward_outputs, has_plain_output_head, loss_rows, model_inputs, output_head,
-)
 from hf_distill.losses.chunked import autocast_dtype, autocast_head
-from hf_distill.quantization import quantization_mode, with_quantization
-from hf_distill.teacher.signals import DenseTeacherSignal
+from hf_distill.losses.targets import DenseTeacherSignal
+from hf_distill.models.gguf import is_gguf, load_causal_lm, load_tokenizer
+from hf_distill.models.introspect import (
+    final_output,
+    forward_outputs,
+    has_plain_output_head,
+    loss_rows,
+    model_inputs,
+    output_head,
+)
+from hf_distill.models.quantization import quantization_mode, with_quantization
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -46,7 +51,7 @@ def load_teacher(
     """Load a teacher from a local path or hub id (or take a model), then freeze it.
 
     ``quantization`` ("8bit"/"4bit") loads it with bitsandbytes onto ``device`` (default: the current accelerator,
-    else the CPU), checked first by :mod:`hf_distill.quantization`.
+    else the CPU), checked first by :mod:`hf_distill.models.quantization`.
     """
     dtype = resolve_dtype(dtype)
     if isinstance(teacher, (str, os.PathLike)):
@@ -58,7 +63,7 @@ def load_teacher(
             if is_gguf(teacher, kwargs.get("gguf_file")):
                 if quantization is not None:
                     raise ValueError(f"teacher_quantization={quantization!r} cannot be applied to the GGUF file "
-                                     f"{str(teacher)!r}: convert it first (hf_distill.gguf.convert_gguf) and load "
+                                     f"{str(teacher)!r}: convert it first (hf_distill.models.gguf.convert_gguf) and load "
                                      "the converted folder, or drop teacher_quantization.")
                 teacher = load_causal_lm(str(teacher), **kwargs)  # dequantised to float32, then `dtype`
             else:
@@ -75,7 +80,7 @@ def load_teacher(
         raise ValueError(
             f"teacher_quantization={quantization!r} is applied while loading, so it needs the teacher as a path or hub "
             "id (`teacher_model='path'` or `teacher_model_name_or_path`). For a model object, load it quantised "
-            "yourself: from_pretrained(..., quantization_config=hf_distill.quantization.quantization_config(mode))."
+            "yourself: from_pretrained(..., quantization_config=hf_distill.models.quantization.quantization_config(mode))."
         )
     elif isinstance(dtype, torch.dtype):
         teacher = teacher.to(dtype)

@@ -7,7 +7,11 @@
 """
 
 from hf_distill.traces.collator import TraceCollator
-from hf_distill.traces.collect import PROVENANCE_COLUMNS, TraceManifestMismatch, collect_traces
+from hf_distill.traces.collect import (
+    PROVENANCE_COLUMNS,
+    TraceManifestMismatch,
+    collect_traces,
+)
 from hf_distill.traces.config import TraceConfig
 from hf_distill.traces.templates import TEMPLATES, PromptTemplate, get_template
 

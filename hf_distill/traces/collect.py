@@ -32,16 +32,16 @@ from datasets import Dataset, concatenate_datasets, load_from_disk
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from hf_distill.answers import extract_answer
+from hf_distill.cache.writer import config_hash, first_difference
 from hf_distill.data.reasoning import has_chat_template, plain_prompt
-from hf_distill.evaluation import generate
-from hf_distill.logic_match import arithmetic_errors
-from hf_distill.teacher.cache import fsync_dir, sha256_file, write_json_atomic
-from hf_distill.teacher.collect import config_hash, first_difference
+from hf_distill.evaluation.answers import extract_answer
+from hf_distill.evaluation.generate import generate
+from hf_distill.evaluation.logic_match import arithmetic_errors
 from hf_distill.teacher.live import load_teacher, load_teacher_tokenizer
 from hf_distill.traces.config import TraceConfig
 from hf_distill.traces.templates import get_template
 from hf_distill.traces.verify import check_trace, dedupe_key
+from hf_distill.utils.io import fsync_dir, sha256_file, write_json_atomic
 
 FORMAT_NAME, FORMAT_VERSION = "hf_distill.traces", 1
 MANIFEST = "manifest.json"

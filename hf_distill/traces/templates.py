@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from hf_distill.data.reasoning import has_chat_template
-from hf_distill.evaluation import leading_special_text, prompt_text
+from hf_distill.evaluation.generate import leading_special_text, prompt_text
 
 _FINAL_LINE = "Finish with a final line of the form '#### <number>' that holds only the final answer."
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hf_distill.answers import extract_answer
+from hf_distill.evaluation.answers import extract_answer
 
 _SPACES = re.compile(r"[ \t]+")
 

@@ -9,9 +9,9 @@ import yaml
 from huggingface_hub import ModelCard
 
 from hf_distill.cascade import parse_recipe
-from hf_distill.cascade.runner import run_cascade
 from hf_distill.cascade.plan import build_plan
 from hf_distill.cascade.recipe import load_recipe
+from hf_distill.cascade.runner import run_cascade
 
 pytestmark = pytest.mark.real_model
 
@@ -44,7 +44,7 @@ def test_a_gguf_teacher_roots_a_cascade_that_trains_evaluates_and_cards_its_stud
 
 
 def test_dry_run_plans_a_width_shrink_of_a_gemma3_gguf_teacher(tmp_path):
-    from hf_distill.real_models import real_model_gguf
+    from hf_distill.models.real import real_model_gguf
 
     recipe = _recipe(str(real_model_gguf("gemma-3-270m")), {"num_layers": 6, "hidden_size": 320,
                                                             "intermediate_size": 1024})

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from hf_distill import DistillationTrainer
 from hf_distill.data.reasoning import to_prompt_completion
-from hf_distill.evaluation import chat_prompts, evaluate_reasoning
+from hf_distill.evaluation.generate import chat_prompts, evaluate_reasoning
 
 pytestmark = pytest.mark.real_model
 

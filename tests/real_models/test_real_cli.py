@@ -11,9 +11,9 @@ import torch
 from conftest import gsm8k_folder, small_student_of
 from transformers import AutoTokenizer
 
-from hf_distill.cli import main
-from hf_distill.gguf import load_causal_lm
-from hf_distill.teacher.cache import CacheMismatchError
+from hf_distill.cache.format import CacheMismatchError
+from hf_distill.cli.main import main
+from hf_distill.models.gguf import load_causal_lm
 
 pytestmark = pytest.mark.real_model
 
@@ -40,7 +40,7 @@ def _state(folder):
 
 
 def test_gguf_file_is_a_model_path_with_the_converted_logits(smollm2_gguf, smollm2_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="hf_distill.gguf"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.models.gguf"):
         from_gguf = load_causal_lm(smollm2_gguf)
     assert "dequantised to float32" in caplog.text
     converted = load_causal_lm(smollm2_dir)

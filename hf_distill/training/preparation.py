@@ -6,8 +6,8 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 from trl import SFTTrainer
 
-from hf_distill.batch_checks import uses_own_collator
 from hf_distill.data.chat import is_conversation, tokenize_conversations
+from hf_distill.training.batch_checks import uses_own_collator
 
 
 class PreparingSFTTrainer(SFTTrainer):

@@ -54,7 +54,7 @@ def load_gguf_model(folder: str, gguf_file: str, dtype: torch.dtype | str | None
     if refused:
         raise ValueError(
             f"{', '.join(refused)} cannot be applied while reading a GGUF file (transformers dequantises it first). "
-            f"Convert it once with `hf_distill.gguf.convert_gguf({os.path.join(folder, gguf_file)!r}, OUT_DIR)` and "
+            f"Convert it once with `hf_distill.models.gguf.convert_gguf({os.path.join(folder, gguf_file)!r}, OUT_DIR)` and "
             "load OUT_DIR with those options."
         )
     kwargs.pop("use_safetensors", None)  # a GGUF file is neither safetensors nor pickle

@@ -7,7 +7,9 @@ import itertools
 import datasets
 from transformers import Trainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as TRLCollator
-from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling as TRLVisionCollator
+from trl.trainer.sft_trainer import (
+    DataCollatorForVisionLanguageModeling as TRLVisionCollator,
+)
 
 
 def check_not_empty(dataset, name: str) -> None:

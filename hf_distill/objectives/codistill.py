@@ -26,8 +26,8 @@ from torch import nn
 
 from hf_distill.losses import LossOutput, LossSpec, fused_distillation_loss
 from hf_distill.losses.chunked import autocast_head
-from hf_distill.modeling import output_head
-from hf_distill.teacher.signals import DenseTeacherSignal
+from hf_distill.losses.targets import DenseTeacherSignal
+from hf_distill.models.introspect import output_head
 
 
 def unfreeze_teacher(teacher: nn.Module) -> nn.Module:

@@ -10,7 +10,7 @@ or from Python, with the config you will train with (its tokenization settings a
 
 * **Same tokens as training.** Examples go through TRL's ``SFTTrainer`` preparation and data collator exactly as
   ``DistillationTrainer`` prepares them, so each cached row lines up with the loss tokens training sees (and keys,
-  see :mod:`hf_distill.teacher.cache`, catch any difference).
+  see :mod:`hf_distill.cache.format`, catch any difference).
 * **Same teacher pass as live distillation.** :class:`~hf_distill.teacher.live.LiveTeacher` yields final hidden
   states at the loss tokens; they are projected through ``lm_head`` one chunk of tokens at a time and reduced to
   top-k at once, so ``B x T x V`` logits never exist.
@@ -37,28 +37,26 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from hf_distill.modeling import output_vocab_size
-from hf_distill.preparation import PreparingSFTTrainer
-from hf_distill.teacher.cache import (
+from hf_distill.cache.collator import KeyedCollator
+from hf_distill.cache.format import (
     CACHE_KEY,
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
     CacheMismatchError,
-    KeyedCollator,
     TeacherCacheError,
     dataset_keys,
-    fsync_dir,
     keys_fingerprint,
     preparation_fields,
     read_manifest,
-    sha256_file,
     verify_shard,
-    write_json_atomic,
 )
+from hf_distill.losses.targets import NonFiniteTeacherError
+from hf_distill.models.introspect import output_vocab_size
 from hf_distill.teacher.live import LiveTeacher, load_teacher, load_teacher_tokenizer
-from hf_distill.teacher.signals import NonFiniteTeacherError
 from hf_distill.teacher.vocab import VocabularyMismatchError, tokenizer_fingerprint
+from hf_distill.training.preparation import PreparingSFTTrainer
+from hf_distill.utils.io import fsync_dir, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

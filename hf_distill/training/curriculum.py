@@ -6,7 +6,7 @@ of any numeric column); ``DistillationTrainer`` then draws batches from :class:`
 Difficulty measures:
 
 * ``num_steps``: the dataset's ``num_steps`` column if it has one (the embedded task does), else the number of
-  equations in the completion (:func:`hf_distill.logic_match.extract_steps`);
+  equations in the completion (:func:`hf_distill.evaluation.logic_match.extract_steps`);
 * ``length``: tokens per example;
 * ``teacher_loss``: the live teacher's mean cross-entropy on the example's loss tokens (one forward pass over the
   training set before the first step): what the teacher finds hard to predict is taken to be hard.
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from hf_distill.logic_match import extract_steps
+from hf_distill.evaluation.logic_match import extract_steps
 
 DIFFICULTIES = ("num_steps", "length", "teacher_loss")
 

@@ -19,8 +19,12 @@ from datasets import Dataset, DatasetDict, ReadInstruction, load_dataset
 from transformers import HfArgumentParser
 
 from hf_distill.config import DistillationConfig
-from hf_distill.data.reasoning import ARITHMETIC, load_reasoning_dataset, to_prompt_completion
-from hf_distill.gguf import load_causal_lm, load_tokenizer
+from hf_distill.data.reasoning import (
+    ARITHMETIC,
+    load_reasoning_dataset,
+    to_prompt_completion,
+)
+from hf_distill.models.gguf import load_causal_lm, load_tokenizer
 from hf_distill.trainer import DistillationTrainer
 
 # Columns that TRL's SFTTrainer prepares by itself; data with them is used as it is.

@@ -10,9 +10,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from hf_distill.answers import extract_answer, normalize_number
 from hf_distill.data.reasoning import has_chat_template, log_plain_format, plain_prompt
-from hf_distill.models import count_parameters
+from hf_distill.evaluation.answers import extract_answer, normalize_number
+from hf_distill.models.build import count_parameters
 
 
 @dataclass

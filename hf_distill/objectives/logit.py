@@ -9,8 +9,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hf_distill.losses import LossOutput, LossSpec, fused_distillation_loss, loss_normalizer
-from hf_distill.modeling import loss_rows, output_head
+from hf_distill.losses import (
+    LossOutput,
+    LossSpec,
+    fused_distillation_loss,
+    loss_normalizer,
+)
+from hf_distill.models.introspect import loss_rows, output_head
 
 
 @dataclass

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from hf_distill.answers import extract_answer, normalize_number
+from hf_distill.evaluation.answers import extract_answer, normalize_number
 
 _ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 # a stated result: a number or a fraction (``= 1/4``), not followed by a letter (``= 5A/5`` is algebra, not a step)

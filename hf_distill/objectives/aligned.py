@@ -7,7 +7,7 @@ usual :class:`~hf_distill.losses.LossOutput` plus the sums of its extra terms fo
 
     loss = kd_loss(student)                                            # the fused logit KD + CE, as without it
          + (feature_weight * sum_pairs w_p * L(proj_p(h_s), h_t) + attention_weight * KL(A_t || A_s)) / N
-         + teacher_loss (co_distill only, see hf_distill.codistill)
+         + teacher_loss (co_distill only, see hf_distill.objectives.codistill)
 """
 
 from __future__ import annotations
@@ -17,13 +17,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hf_distill.codistill import teacher_loss
 from hf_distill.features.aligner import FeatureAligner
 from hf_distill.features.layers import parse_pair_weights, resolve_layer_pairs
 from hf_distill.features.settings import features_enabled
 from hf_distill.losses import LossOutput, LossSpec
-from hf_distill.modeling import final_output, forward_outputs, has_plain_output_head, loss_rows, unwrap_peft
-from hf_distill.objective import logit_distillation
+from hf_distill.models.introspect import (
+    final_output,
+    forward_outputs,
+    has_plain_output_head,
+    loss_rows,
+    unwrap_peft,
+)
+from hf_distill.objectives.codistill import teacher_loss
+from hf_distill.objectives.logit import logit_distillation
 from hf_distill.teacher.live import LiveTeacher
 
 

@@ -24,8 +24,8 @@ def _demo(argv: list[str]) -> int:
 
     from rich.console import Console
 
+    from hf_distill.cli.demo_table import demo_table
     from hf_distill.demo import DemoSettings, run_demo, settings_with
-    from hf_distill.reporting import demo_table
 
     console = Console(width=max(110, shutil.get_terminal_size().columns))  # the table needs ~100 columns
     settings = settings_with(
@@ -66,10 +66,10 @@ def _cache_logits(argv: list[str]) -> int:
     parser.add_argument("--device", default=None, help="e.g. cuda:0 (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
 
+    from hf_distill.cache.writer import collect_teacher_cache
+    from hf_distill.cli.train import DatasetArguments, load_splits
     from hf_distill.config import DistillationConfig
-    from hf_distill.gguf import load_tokenizer
-    from hf_distill.teacher.collect import collect_teacher_cache
-    from hf_distill.train import DatasetArguments, load_splits
+    from hf_distill.models.gguf import load_tokenizer
 
     dataset_args = DatasetArguments(dataset=args.dataset, dataset_train_split=args.dataset_train_split,
                                     num_examples=args.num_examples, question_column=args.question_column,
@@ -91,7 +91,7 @@ def _cache_logits(argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from hf_distill.train import main as train_main
+    from hf_distill.cli.train import main as train_main
 
     return train_main(argv)
 
@@ -103,7 +103,7 @@ def _cascade(argv: list[str]) -> int:
 
 
 def _traces(argv: list[str]) -> int:
-    from hf_distill.traces.cli import main as traces_main
+    from hf_distill.cli.traces import main as traces_main
 
     return traces_main(argv)
 

@@ -1,0 +1,152 @@
+"""An offline teacher: top-k log-probabilities read from a logit cache, so one teacher run serves many students.
+
+A cache is a directory written by :func:`hf_distill.cache.writer.collect_teacher_cache` (``hf-distill
+cache-logits``)::
+
+    manifest.json          format version, teacher, tokenizer/dataset fingerprints, k, temperature, dtypes, shards
+    shard-00000.arrow      Arrow IPC stream, one row per example: key, num_tokens,
+    shard-00001.arrow      token_ids (num_tokens x k, uint16 if the vocabulary fits, else int32),
+    ...                    logprobs (num_tokens x k, float16), tail_logprob (num_tokens, float32)
+
+Rows hold the tokens that carry loss (next-token label not ``-100``), in sequence order. ``logprobs`` are the
+teacher's ``log_softmax(logits / T)`` at its k most likely tokens, ``tail_logprob`` the log of the mass left over;
+:class:`~hf_distill.losses.targets.SparseTeacherSignal` documents the loss built on them. Any shard can be inspected
+with ``datasets.Dataset.from_file(path)``.
+
+**Keys.** An example is found by its content, not its position: its key is the first 8 bytes of BLAKE2b over its
+tokenized ``input_ids`` and ``labels`` (see :func:`example_key`), computed from the examples the collator receives.
+Shuffling, several epochs, gradient accumulation, samplers that shard batches across processes and dataloader
+workers therefore need nothing special, and a row is never matched to the wrong example: a different tokenization,
+truncation or loss mask gives a different key. The dataset fingerprint is a hash of the sorted set of keys; a
+trainer accepts any dataset whose examples are all in the cache (a subset included), and names ``dataset_fingerprint``
+in its error otherwise. Duplicate examples are stored once.
+
+**Reads** are memory-mapped (``pyarrow.memory_map``, zero-copy): opening a cache keeps only the keys and an index in
+RAM (24 bytes per example) and each batch copies just its own rows. Opening verifies every shard's sha256, which
+reads the whole cache once (about 1 s per GB on one core); pass ``TeacherCache(path, verify=False)`` to check sizes
+only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from hf_distill.utils.io import sha256_file
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "hf_distill.teacher_cache"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CACHE_KEY = "teacher_cache_key"
+"""Batch entry that :class:`KeyedCollator` adds: the ``(B,)`` int64 keys of the batch's examples."""
+
+_FIX_SHARD = ("Fix: delete it and re-run the collection with the same arguments; it resumes and rewrites only that "
+              "shard.")
+
+
+class TeacherCacheError(ValueError):
+    """A cache that cannot be read: missing, incomplete, truncated or corrupt."""
+
+
+class CacheMismatchError(ValueError):
+    """A cache made for another dataset, tokenizer, temperature or vocabulary. ``field`` names what differs."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"Teacher cache mismatch in `{field}`: {message}")
+        self.field = field
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Keys and fingerprints
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def example_key(input_ids, labels=None) -> int:
+    """Stable int64 key of a tokenized example: BLAKE2b-64 over its lengths, ``input_ids`` and ``labels`` (int64)."""
+    ids = np.asarray(input_ids, dtype=np.int64)
+    digest = hashlib.blake2b(digest_size=8, person=b"hf_distill-key1")
+    digest.update(np.array([len(ids), -1 if labels is None else len(labels)], dtype=np.int64).tobytes())
+    digest.update(ids.tobytes())
+    if labels is not None:
+        digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+def _list_rows(column: pa.ChunkedArray) -> Iterable[np.ndarray]:
+    for chunk in column.chunks:
+        offsets, values = chunk.offsets.to_numpy(), chunk.values.to_numpy(zero_copy_only=False).astype(np.int64)
+        for start, end in zip(offsets[:-1], offsets[1:]):
+            yield values[start:end]
+
+
+def dataset_keys(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and lengths of every example of a tokenized map-style dataset, read column-wise from Arrow.
+
+    Equivalent to ``[example_key(ex["input_ids"], ex.get("labels")) for ex in dataset]``, a few microseconds per
+    example.
+    """
+    if "input_ids" not in dataset.column_names:
+        raise ValueError(f"The dataset is not tokenized (columns: {dataset.column_names}); keys need `input_ids`.")
+    columns = ["input_ids", "labels"] if "labels" in dataset.column_names else ["input_ids"]
+    keys, lengths = [], []
+    for table in dataset.select_columns(columns).with_format("arrow").iter(batch_size=4096):
+        ids = _list_rows(table.column("input_ids"))
+        labels = _list_rows(table.column("labels")) if "labels" in columns else itertools.repeat(None)
+        for row_ids, row_labels in zip(ids, labels):
+            keys.append(example_key(row_ids, row_labels))
+            lengths.append(len(row_ids))
+    return np.array(keys, dtype=np.int64), np.array(lengths, dtype=np.int64)
+
+
+def keys_fingerprint(keys: np.ndarray) -> str:
+    """Order-independent fingerprint of a set of examples: sha256 of their sorted unique keys."""
+    return hashlib.sha256(np.unique(keys).astype("<i8").tobytes()).hexdigest()[:16]
+
+
+
+# The config fields that decide how examples are tokenized: recorded in the manifest, compared at training.
+PREPARATION_FIELDS = ("max_length", "truncation_mode", "completion_only_loss", "assistant_only_loss",
+                      "dataset_text_field", "chat_template_path")
+
+
+def preparation_fields(args) -> dict:
+    return {name: getattr(args, name, None) for name in PREPARATION_FIELDS}
+
+
+def verify_shard(directory: Path, entry: dict, checksum: bool = True) -> None:
+    """Raise :class:`TeacherCacheError`, naming the shard and the fix, unless the file matches the manifest."""
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise TeacherCacheError(f"Shard {path} is missing. {_FIX_SHARD.replace('delete it and ', '')}")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise TeacherCacheError(
+            f"Shard {path} is truncated or corrupt: {size} bytes, the manifest records {entry['bytes']}. {_FIX_SHARD}"
+        )
+    if checksum and sha256_file(path) != entry["sha256"]:
+        raise TeacherCacheError(f"Shard {path} is corrupt: its sha256 differs from the manifest's. {_FIX_SHARD}")
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT_NAME:
+        raise TeacherCacheError(f"{path} is not a teacher-logit cache manifest (format {manifest.get('format')!r}).")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CacheMismatchError(
+            "format_version",
+            f"{directory} was written in cache format version {manifest.get('format_version')}, this hf_distill "
+            f"reads version {FORMAT_VERSION}. Fix: re-collect the cache with this version (`hf-distill cache-logits`).",
+        )
+    return manifest
