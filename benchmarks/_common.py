@@ -11,12 +11,9 @@ import time
 
 import torch
 from tokenizers import Tokenizer, models
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    TrainerCallback,
-)
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+
+from hf_distill.models.build import random_llama
 
 
 def word_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
@@ -28,12 +25,11 @@ def word_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
 
 def llama(vocab: int, hidden: int, layers: int, seed: int) -> LlamaForCausalLM:
     """A random Llama with untied embeddings, 64-wide heads and a SwiGLU width rounded to a multiple of 32."""
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 32 * 32, num_hidden_layers=layers,
-        num_attention_heads=max(hidden // 64, 1), num_key_value_heads=max(hidden // 64, 1),
+    return random_llama(
+        seed, vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 32 * 32,
+        num_hidden_layers=layers, num_attention_heads=max(hidden // 64, 1), num_key_value_heads=max(hidden // 64, 1),
         max_position_embeddings=2048, pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False,
-    ))
+    )
 
 
 def size(text: str) -> tuple[int, int]:

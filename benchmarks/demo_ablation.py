@@ -4,7 +4,7 @@ Reuses the demo's data, tokenizer and teacher; the student is the demo's (a shri
 Llama of about the same size. Each call trains one arm, so arms can run side by side (one thread each) and seeds can
 be compared pairwise. Not a test. Example (the README's demo findings)::
 
-    hf-distill demo --out demo_out
+    hf-distill demo --output_dir demo_out
     for seed in 0 1 2; do
       OMP_NUM_THREADS=1 python benchmarks/demo_ablation.py --demo-dir demo_out --arm sft --seed $seed
       OMP_NUM_THREADS=1 python benchmarks/demo_ablation.py --demo-dir demo_out --arm kd \
@@ -42,7 +42,7 @@ from hf_distill.trainer import DistillationTrainer
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--demo-dir", required=True, help="a finished `hf-distill demo --out` directory")
+    parser.add_argument("--demo-dir", required=True, help="a finished `hf-distill demo --output_dir` directory")
     parser.add_argument("--arm", choices=["sft", "kd"], required=True)
     parser.add_argument("--init", choices=["shrink", "random"], default="shrink",
                         help="shrink: the demo's student cut out of the teacher; random: a 128x2 Llama of similar size")

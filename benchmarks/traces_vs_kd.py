@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/traces_vs_kd.py --demo-dir /tmp/demo_d --out /tmp/traces/bench
 
-Reuses a trained demo run (``hf-distill demo --out DIR``: its teacher, tokenizer and data). Every arm trains the
+Reuses a trained demo run (``hf-distill demo --output_dir DIR``: its teacher, tokenizer and data). Every arm trains the
 same student (same init, steps, batch, learning rate) on the demo's training problems:
 
 * ``traces``: SFT on the teacher's verified traces (``collect_traces``: sampled, answer- and arithmetic-checked,

@@ -16,4 +16,4 @@ __all__ = [
     "DIVERGENCES", "DistillationConfig", "DistillationTrainer", "LossSpec", "TeacherCache", "collect_teacher_cache",
     "fused_distillation_loss",
 ]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it (tool.setuptools.dynamic)

@@ -5,15 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from transformers import TrainingArguments
 from trl import SFTConfig
 
 from hf_distill.features.settings import check_feature_settings
 from hf_distill.losses import LossSpec
+from hf_distill.losses.chunked import (
+    default_chunk_size as default_kd_chunk_size,  # the name cascade.plan imports
+)
 from hf_distill.losses.divergences import DIVERGENCES
 from hf_distill.models.quantization import QUANTIZATION_MODES
+from hf_distill.objectives.codistill import check_codistill_settings
 from hf_distill.training.redact import RedactedTokens
+from hf_distill.utils.device import has_bf16_accelerator
 
 
 @dataclass(repr=False)  # RedactedTokens' repr: a dataclass one would print `hub_token`
@@ -55,8 +59,9 @@ class DistillationConfig(RedactedTokens, SFTConfig):
         default=None,
         metadata={
             "help": "Load the teacher with bitsandbytes in '8bit' or '4bit' (NF4, double quantisation; compute in "
-            "`teacher_dtype`, default bfloat16 where supported): its decoder layers take 4x / 7.5x less memory than "
-            "in float32 (embeddings and lm_head stay in `teacher_dtype`). Needs a teacher given as a path or hub id.",
+            "`teacher_dtype`, default bfloat16 where supported): its decoder layers' weights take 8 or 4 bits instead "
+            "of 32 (plus bitsandbytes' scales; embeddings and lm_head stay in `teacher_dtype`). Needs a teacher given "
+            "as a path or hub id.",
             "choices": list(QUANTIZATION_MODES),
         },
     )
@@ -88,9 +93,10 @@ class DistillationConfig(RedactedTokens, SFTConfig):
     kd_chunk_size: int | None = field(
         default=None,
         metadata={
-            "help": "Tokens per chunk of the KD loss; its extra memory is about 4 x chunk x vocab floats. "
-            "Default: 128 tokens (fewer when chunk x vocab would pass 32M, never under 64); 4M / vocab with a "
-            "`teacher_cache` (128 tokens at 32k). Both stay well within 1.25x the memory of plain CE on CPU."
+            "help": "Tokens per chunk of the KD loss; its extra memory is about 4 x chunk x vocab float32 values for "
+            "the default forward KL with a live teacher (up to 10 for other divergences, 2-3 with a `teacher_cache`; "
+            "see hf_distill.losses.chunked). Default: 128 tokens (fewer when chunk x vocab would pass 32M, never "
+            "under 64); 4M / vocab with a `teacher_cache` (hf_distill.losses.chunked.default_chunk_size)."
         },
     )
 
@@ -159,7 +165,7 @@ class DistillationConfig(RedactedTokens, SFTConfig):
     def __post_init__(self):
         # TRL turns bf16 on by default, which TrainingArguments rejects on a machine with no accelerator unless
         # `use_cpu` is set. Keep TRL's default where it can run, fall back to fp32 elsewhere.
-        if self.bf16 is None and not self.fp16 and not self.use_cpu and not _has_bf16_accelerator():
+        if self.bf16 is None and not self.fp16 and not self.use_cpu and not has_bf16_accelerator():
             self.bf16 = False
         # transformers 5 renamed gradient_checkpointing (TRL's default: on) to activation_checkpointing and warns on
         # every config that sets the old name; carry TRL's value over under the new name, behaviour unchanged.
@@ -169,6 +175,7 @@ class DistillationConfig(RedactedTokens, SFTConfig):
         LossSpec(self.kd_loss, self.temperature, self.alpha, self.beta, self.kd_chunk_size)  # validates ranges
         _check_teacher_quantization(self)
         check_feature_settings(self)
+        check_codistill_settings(self)
         if self.curriculum is not None and self.train_sampling_strategy != "random":
             raise ValueError(f"curriculum={self.curriculum!r} sets the order of training examples itself: drop "
                              f"train_sampling_strategy={self.train_sampling_strategy!r} or curriculum.")
@@ -194,13 +201,6 @@ class DistillationConfig(RedactedTokens, SFTConfig):
         return cls(**values)
 
 
-def default_kd_chunk_size(vocab_size: int, sparse: bool = False) -> int:
-    """Tokens per chunk of the KD loss when `kd_chunk_size` is unset. Measured on CPU (benchmarks/RESULTS.md): 128
-    keeps the dense loss at 0.4-0.8x the memory of CE at 32k-128k; 4M / vocab suits the sparse (cached) loss."""
-    per_vocab = 2**22 // max(vocab_size, 1) if sparse else min(128, 2**25 // max(vocab_size, 1))
-    return max(64, per_vocab)
-
-
 def _check_teacher_quantization(config: DistillationConfig) -> None:
     if config.teacher_quantization is None:
         return
@@ -216,9 +216,3 @@ def _check_teacher_quantization(config: DistillationConfig) -> None:
         raise ValueError(
             "Both teacher_quantization and teacher_model_init_kwargs['quantization_config'] are set: keep one."
         )
-
-
-def _has_bf16_accelerator() -> bool:
-    return (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or (
-        hasattr(torch, "xpu") and torch.xpu.is_available()
-    )

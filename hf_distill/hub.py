@@ -1,4 +1,5 @@
-"""`hf-distill push DIR --repo-id USER/NAME`: publish a distilled model folder to the Hugging Face Hub.
+"""`push_folder`: publish a distilled model folder to the Hugging Face Hub (the command, `hf-distill push DIR
+--repo_id USER/NAME`, is `hf_distill.cli.push`).
 
 Only safetensors weights, configs, tokenizer files, the model card and its plots are uploaded: pickled files
 (``*.bin``, ``*.pt``, ``training_args.bin``, optimizer states) and Trainer checkpoints are never sent. The token
@@ -8,7 +9,6 @@ history and process lists) and is only held in memory.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -37,20 +37,12 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None = None, priv
     return commit.commit_url
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hf-distill push",
-        description="Publish a model folder (safetensors weights, config, tokenizer, README.md card, plots) to the "
-        "Hugging Face Hub; pickles and checkpoints are never sent. The token comes from HF_TOKEN or "
-        "`huggingface-cli login`.",
-    )
-    parser.add_argument("folder", help="a model directory (e.g. a cascade's stages/<name>/model)")
-    parser.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME on the Hub")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
-    parser.add_argument("--message", default=None, help="commit message")
-    args = parser.parse_args(argv)
-    url = push_folder(args.folder, args.repo_id, private=args.private or None, revision=args.revision,
-                      commit_message=args.message)
-    print(f"Pushed {args.folder} to {url}")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    """Deprecated: `hf-distill push` is `hf_distill.cli.push.main` (this one goes in the next release)."""
+    import warnings
+
+    from hf_distill.cli.push import main as push_main
+
+    warnings.warn("hf_distill.hub.main moved: use hf_distill.cli.push.main (hf_distill.hub.main goes in the next "
+                  "release).", DeprecationWarning, stacklevel=2)
+    return push_main(argv)

@@ -15,13 +15,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl.models.utils import _ForwardRedirection, prepare_deepspeed, prepare_fsdp
 
+from hf_distill._compat import (
+    count_train_tokens,
+    forward_redirection,
+    log_metric,
+    prepare_deepspeed,
+    prepare_fsdp,
+    run_output_dir,
+    sft_tokenizer,
+)
 from hf_distill.cache.collator import KeyedCollator
 from hf_distill.cache.format import CACHE_KEY, preparation_fields
 from hf_distill.cache.reader import CachedTeacher, TeacherCache
 from hf_distill.config import DistillationConfig
-from hf_distill.features.settings import require_live_teacher
+from hf_distill.features.settings import require_live_teacher_for_features
 from hf_distill.losses import LossOutput
 from hf_distill.models.introspect import (
     final_hidden_states,
@@ -31,6 +39,7 @@ from hf_distill.models.introspect import (
 from hf_distill.models.quantization import keep_4bit_trainable
 from hf_distill.objectives.aligned import AlignedObjective, build_aligner
 from hf_distill.objectives.codistill import (
+    require_live_teacher_for_codistill,
     save_teacher,
     teacher_param_group,
     unfreeze_teacher,
@@ -86,7 +95,7 @@ class DistillationTrainer(PreparingSFTTrainer):
         teacher_cache: str | os.PathLike | TeacherCache | None = None,
         **kwargs,
     ):
-        model_name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "student"
+        model_name = model if isinstance(model, str) else getattr(model.config, "name_or_path", "") or "student"
         args = DistillationConfig.from_training_args(args, f"{os.path.basename(str(model_name))}-distilled")
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         teacher_cache = teacher_cache if teacher_cache is not None else args.teacher_cache
@@ -104,7 +113,7 @@ class DistillationTrainer(PreparingSFTTrainer):
         # that accept loss kwargs; our loss always uses it.
         self.model_accepts_loss_kwargs = True
         keep_4bit_trainable(self.model)  # a QLoRA student must not switch to bnb's CPU inference kernel after eval
-        self._forward_redirection = _ForwardRedirection()
+        self._forward_redirection = forward_redirection()
         self._aligned, self._extra_modules, self._extra_param_groups = None, {}, []  # see _setup_latent_alignment
         if teacher_cache is not None:
             self._use_cache(teacher_cache if isinstance(teacher_cache, TeacherCache) else TeacherCache(teacher_cache))
@@ -120,9 +129,9 @@ class DistillationTrainer(PreparingSFTTrainer):
             quantization=args.teacher_quantization, device=args.teacher_device,
         )
         if teacher_tokenizer is not None:
-            check_same_tokenizer(self._tokenizer, teacher_tokenizer)
+            check_same_tokenizer(sft_tokenizer(self), teacher_tokenizer)
         self.vocab_size = shared_vocab_size(
-            output_vocab_size(self.model), output_vocab_size(teacher), len(self._tokenizer)
+            output_vocab_size(self.model), output_vocab_size(teacher), len(sft_tokenizer(self))
         )
         self.loss_spec = args.loss_spec(self.vocab_size)
         teacher = unfreeze_teacher(teacher) if args.co_distill else teacher
@@ -160,10 +169,11 @@ class DistillationTrainer(PreparingSFTTrainer):
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
     def _use_cache(self, cache: TeacherCache) -> None:
-        require_live_teacher(self.args, uses_cache=True)
+        require_live_teacher_for_features(self.args, uses_cache=True)
+        require_live_teacher_for_codistill(self.args, uses_cache=True)
         evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
         datasets = {"train_dataset": self.train_dataset, **{k: v for k, v in evals.items() if v is not None}}
-        cache.check(tokenizer=self._tokenizer, student_vocab_rows=output_vocab_size(self.model),
+        cache.check(tokenizer=sft_tokenizer(self), student_vocab_rows=output_vocab_size(self.model),
                     temperature=self.args.temperature, datasets=datasets, preparation=preparation_fields(self.args))
         self.data_collator = KeyedCollator(self.data_collator)  # batches carry their examples' cache keys
         self.teacher, self.vocab_size = CachedTeacher(cache), cache.vocab_size
@@ -183,7 +193,7 @@ class DistillationTrainer(PreparingSFTTrainer):
         try:
             super()._save_checkpoint(model, trial)
         except OSError as error:  # disk full mid-save: leave no half-written checkpoint-N to resume from
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = os.path.join(run_output_dir(self, trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             raise discard_failed_save(folder, error) from error
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
@@ -239,10 +249,9 @@ class DistillationTrainer(PreparingSFTTrainer):
         stats, count = gather(stats[None]).sum(0), gather(count[None]).sum()
         if count > 0:
             for name, value in zip(("kd_loss", "ce_loss", "top1_agreement", *extras), (stats / count).tolist()):
-                self._metrics[mode][name].append(value)
+                log_metric(self, mode, name, value)
         if mode == "train" and "attention_mask" in inputs:
-            self._total_train_tokens += gather(inputs["attention_mask"].sum()[None]).sum().item()
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            count_train_tokens(self, gather(inputs["attention_mask"].sum()[None]).sum().item())
 
     def create_optimizer(self, model=None):
         fresh = self.optimizer is None

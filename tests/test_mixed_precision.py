@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_llama, prompt_completion
+from helpers import make_llama, prompt_completion
 from trl import SFTConfig, SFTTrainer
 
 from hf_distill import DistillationConfig, DistillationTrainer

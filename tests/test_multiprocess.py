@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
-from conftest import subprocess_env
+from helpers import subprocess_env
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]

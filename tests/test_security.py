@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-from conftest import make_llama, prompt_completion, tiny_config
+from helpers import make_llama, prompt_completion, tiny_config
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 import hf_distill.teacher.live as live_module

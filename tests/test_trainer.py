@@ -7,8 +7,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CORPUS, make_llama, make_tokenizer, prompt_completion, tiny_config
 from datasets import Dataset
+from helpers import (
+    CORPUS,
+    GradCapture,
+    make_llama,
+    make_tokenizer,
+    prompt_completion,
+    tiny_config,
+)
 from transformers import (
     AutoModelForCausalLM,
     DataCollatorForLanguageModeling,
@@ -60,21 +67,13 @@ def test_teacher_with_padded_vocabulary_is_sliced_to_the_tokenizer(tmp_path, tok
     torch.testing.assert_close(trainer.compute_loss(trainer.model, batch), want, rtol=1e-5, atol=1e-6)
 
 
-class _GradCapture(TrainerCallback):
-    def __init__(self):
-        self.grads = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
 def test_one_batch_of_8_and_four_micro_batches_of_2_give_the_same_gradient(tmp_path, tokenizer):
     # Lengths differ a lot between rows, so a per-micro-batch mean would weight tokens unequally.
     texts = [" ".join(CORPUS[i : i + 1 + (i % 4)]) for i in range(16)]
     dataset = Dataset.from_dict({"text": texts})
     grads = []
     for batch_size, accumulation in ((8, 1), (2, 4)):
-        capture = _GradCapture()
+        capture = GradCapture()
         trainer = DistillationTrainer(
             make_llama(len(tokenizer), 32, 1, seed=1),
             tiny_config(tmp_path, max_steps=1, per_device_train_batch_size=batch_size,
@@ -83,7 +82,7 @@ def test_one_batch_of_8_and_four_micro_batches_of_2_give_the_same_gradient(tmp_p
             callbacks=[capture],
         )
         trainer.train()
-        grads.append(capture.grads)
+        grads.append(capture.grads[-1])
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)

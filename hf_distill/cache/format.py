@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from hf_distill.utils.fingerprint import fingerprint_bytes
 from hf_distill.utils.io import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,7 @@ def dataset_keys(dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def keys_fingerprint(keys: np.ndarray) -> str:
     """Order-independent fingerprint of a set of examples: sha256 of their sorted unique keys."""
-    return hashlib.sha256(np.unique(keys).astype("<i8").tobytes()).hexdigest()[:16]
-
+    return fingerprint_bytes(np.unique(keys).astype("<i8").tobytes())
 
 
 # The config fields that decide how examples are tokenized: recorded in the manifest, compared at training.

@@ -72,7 +72,7 @@ class TeacherCache:
         if manifest is None:
             raise TeacherCacheError(
                 f"No teacher cache at {self.path} (no {MANIFEST}). Fix: write one with `hf-distill cache-logits "
-                f"--teacher TEACHER --dataset DATA --out {self.path}`."
+                f"--teacher_model_name_or_path TEACHER --dataset_name DATA --output_dir {self.path}`."
             )
         if not manifest["complete"]:
             raise TeacherCacheError(

@@ -1,6 +1,6 @@
 """Collect a teacher-logit cache: run the teacher once, keep its top-k log-probabilities at every loss token.
 
-    hf-distill cache-logits --teacher ./teacher --dataset arithmetic --out ./cache --top-k 32
+    hf-distill cache-logits --teacher_model_name_or_path ./teacher --dataset_name arithmetic --output_dir ./cache --top_k 32
 
 or from Python, with the config you will train with (its tokenization settings and temperature are reused)::
 
@@ -24,8 +24,6 @@ or from Python, with the config you will train with (its tokenization settings a
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import math
 import os
@@ -37,6 +35,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from hf_distill._compat import remove_unused_columns
 from hf_distill.cache.collator import KeyedCollator
 from hf_distill.cache.format import (
     CACHE_KEY,
@@ -56,7 +55,9 @@ from hf_distill.models.introspect import output_vocab_size
 from hf_distill.teacher.live import LiveTeacher, load_teacher, load_teacher_tokenizer
 from hf_distill.teacher.vocab import VocabularyMismatchError, tokenizer_fingerprint
 from hf_distill.training.preparation import PreparingSFTTrainer
-from hf_distill.utils.io import fsync_dir, sha256_file, write_json_atomic
+from hf_distill.utils.fingerprint import fingerprint
+from hf_distill.utils.io import atomic_path, sha256_file, write_json_atomic
+from hf_distill.utils.manifest import ShardManifest
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def config_hash(model: nn.Module) -> str:
     ids, ``use_cache``), none of which changes the logits."""
     config = {k: v for k, v in model.config.to_dict().items()
               if k not in ("_name_or_path", "transformers_version", "use_cache") and not k.endswith("token_id")}
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint(config)
 
 
 def _cache_vocab_size(model: nn.Module, tokenizer) -> int:
@@ -138,41 +139,34 @@ def prepare_like_trainer(model: nn.Module, args, dataset, tokenizer, data_collat
             "keys. Set packing=False and padding_free=False for both collection and training."
         )
     preparer = PreparingSFTTrainer(model, copy.copy(args), data_collator, dataset, processing_class=tokenizer)
-    prepared = preparer._remove_unused_columns(preparer.train_dataset, "training")
+
+    prepared = remove_unused_columns(preparer, preparer.train_dataset, "training")
     return prepared, KeyedCollator(preparer.data_collator)
 
 
-def first_difference(old: dict, new: dict, prefix: str = "") -> tuple[str, object, object] | None:
-    """The first field of ``new`` (dotted path into nested dicts) whose value differs in ``old``, with both values."""
-    for key in new:
-        if isinstance(new[key], dict) and isinstance(old.get(key), dict):
-            found = first_difference(old[key], new[key], f"{prefix}{key}.")
-            if found:
-                return found
-        elif old.get(key) != new[key]:
-            return f"{prefix}{key}", old.get(key), new[key]
-    return None
-
-
-def _start_manifest(out: Path, fields: dict, created_with: str) -> dict:
+def _start_manifest(out: Path, fields: dict, created_with: str) -> ShardManifest:
     """A new manifest, or the one of an interrupted run with the same ``fields`` (else an error naming the field)."""
-    for stale in [*out.glob("shard-*.arrow.tmp*"), *out.glob(f"{MANIFEST}.tmp*")]:
-        stale.unlink()  # a write interrupted before its rename: never part of the cache
-    manifest = read_manifest(out)
-    if manifest is None:
-        if any(out.glob("shard-*.arrow")):
-            raise TeacherCacheError(f"{out} holds shard files but no {MANIFEST}. Fix: use an empty --out directory.")
-        manifest = {**fields, "created_with": created_with, "complete": False, "shards": []}
-        write_json_atomic(out / MANIFEST, manifest)
+
+    def read(path: Path) -> dict | None:
+        manifest = read_manifest(out)
+        if manifest is None and any(out.glob("shard-*.arrow")):
+            raise TeacherCacheError(f"{out} holds shard files but no {MANIFEST}. Fix: use an empty --output_dir directory.")
         return manifest
-    difference = first_difference(manifest, fields)
-    if difference:
-        field, old, new = difference
-        raise CacheMismatchError(
+
+    def mismatch(field: str, old, new) -> CacheMismatchError:
+        return CacheMismatchError(
             field, f"{out} holds a cache collected with {field} = {old!r}, this run has {new!r}. Fix: pass another "
             "output directory, or delete this one to start over (a rerun with the original arguments resumes it).",
         )
-    return manifest
+
+    # `write` is looked up here, in this module, so that a test can simulate a crash between two manifest writes
+    return ShardManifest.open(out / MANIFEST, fields, mismatch=mismatch, read=read, write=write_json_atomic,
+                              new={"created_with": created_with, "complete": False})
+
+
+def _shard_entry(path: Path, index: int, num_examples: int, num_tokens: int) -> dict:
+    return {"index": index, "file": path.name, "num_examples": num_examples, "num_tokens": num_tokens,
+            "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _adopt(path: Path, index: int, keys: np.ndarray) -> dict | None:
@@ -184,9 +178,7 @@ def _adopt(path: Path, index: int, keys: np.ndarray) -> dict | None:
         complete = False
     if not complete:
         return None
-    tokens = sum(table.column("num_tokens").to_pylist())
-    return {"index": index, "file": path.name, "num_examples": len(keys), "num_tokens": tokens,
-            "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    return _shard_entry(path, index, len(keys), sum(table.column("num_tokens").to_pylist()))
 
 
 def _write_shard(path: Path, index: int, keys: np.ndarray, rows: list[tuple[np.ndarray, ...]], k: int,
@@ -206,24 +198,15 @@ def _write_shard(path: Path, index: int, keys: np.ndarray, rows: list[tuple[np.n
         "logprobs": pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(pa.array(logprobs, pa_lp), k)),
         "tail_logprob": pa.ListArray.from_arrays(offsets, pa.array(tail, pa.float32())),
     })
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as file:
-            with pa.ipc.new_stream(file, table.schema) as writer:
-                writer.write_table(table)
-            file.flush()
-            os.fsync(file.fileno())
-    except OSError as error:  # disk full, quota, I/O error: keep nothing partial
-        tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as file, pa.ipc.new_stream(file, table.schema) as writer:
+            writer.write_table(table)
+    except OSError as error:  # disk full, quota, I/O error: atomic_path keeps nothing partial
         raise OSError(
             error.errno, f"Writing {path} failed ({error}). Finished shards are intact and no partial file was kept. "
             "Fix: free disk space and re-run the same command; it resumes at this shard.",
         ) from error
-    entry = {"index": index, "file": path.name, "num_examples": len(keys), "num_tokens": int(counts.sum()),
-             "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return entry
+    return _shard_entry(path, index, len(keys), int(counts.sum()))
 
 
 @torch.no_grad()
@@ -332,15 +315,21 @@ def collect_teacher_cache(
         "num_shards": num_shards,
     }
     manifest = _start_manifest(out, fields, created_with=f"hf_distill {__version__}")
-    done = {entry["index"]: entry for entry in manifest["shards"]}
+
+    def intact(entry: dict) -> bool:  # a finished shard is verified, never rewritten; a deleted one is collected again
+        if not (out / entry["file"]).exists():
+            return False
+        verify_shard(out, entry)
+        return True
+
+    done = manifest.finished(intact)
     live = LiveTeacher(model)
     for index in range(num_shards):
         span = slice(index * shard_size, (index + 1) * shard_size)
         path = out / f"shard-{index:05d}.arrow"
-        if index in done and path.exists():
-            verify_shard(out, done[index])  # a finished shard: checked, never rewritten
+        if index in done:
             continue
-        entry = _adopt(path, index, unique[span]) if path.exists() and index not in done else None
+        entry = _adopt(path, index, unique[span]) if path.exists() else None
         if entry is None:
             started = time.perf_counter()
             results = _collect_shard(live, dataset, collator, first[span], keys, lengths, k=k,
@@ -349,9 +338,6 @@ def collect_teacher_cache(
                                  id_dtype, logprob_dtype)
             log(f"shard {index + 1}/{num_shards}: {entry['num_examples']} examples, {entry['num_tokens']} loss tokens,"
                 f" {entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - started:.1f}s")
-        manifest["shards"] = sorted([*(e for e in manifest["shards"] if e["index"] != index), entry],
-                                    key=lambda e: e["index"])
-        write_json_atomic(out / MANIFEST, manifest)
-    manifest["complete"] = True
-    write_json_atomic(out / MANIFEST, manifest)
-    return manifest
+        manifest.record(entry)
+    manifest.save(complete=True)
+    return manifest.data

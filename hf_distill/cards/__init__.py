@@ -5,7 +5,6 @@ expects, and the text tells the student's story: lineage back to the root teache
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_distill.cards.plots import cascade_plot, training_curves
 from hf_distill.cards.refs import folder_name, hub_id, strip_local_paths
+from hf_distill.utils.io import atomic_path
 
 if TYPE_CHECKING:
     from hf_distill.cascade.recipe import Stage
@@ -150,9 +150,8 @@ def write_stage_card(model_dir: Path, stage: "Stage", context: "StageContext", m
         recipe_file=_shown_path(recipe.path) if recipe.path else "RECIPE.yaml", has_curves=curves is not None,
         has_cascade_plot=plotted is not None,
     )
-    tmp = model_dir / ".README.md.tmp"
-    card.save(tmp)
-    os.replace(tmp, model_dir / "README.md")
+    with atomic_path(model_dir / "README.md") as tmp:
+        card.save(tmp)
     return card
 
 

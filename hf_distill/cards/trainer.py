@@ -16,6 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from hf_distill.cards import template_path
 from hf_distill.cards.refs import folder_name, hub_id, model_ref
+from hf_distill.utils.io import atomic_path
 
 TEMPLATE = "trainer.md.j2"
 BETA_LOSSES = ("jsd", "skew_forward_kl", "skew_reverse_kl")  # the losses `beta` changes
@@ -180,7 +181,7 @@ def trainer_card(trainer, model_name: str | None = None, dataset_name: str | Non
                  output_dir: str | os.PathLike | None = None) -> ModelCard:
     """The card of ``trainer``'s student as it stands (settings from ``trainer.args``, metrics from
     ``trainer.state.log_history``)."""
-    from hf_distill.models.quantization import describe_adapter
+    from hf_distill.models.adapters import describe_adapter
 
     args = trainer.args
     student = trainer.accelerator.unwrap_model(trainer.model)
@@ -210,7 +211,6 @@ def save_card(card: ModelCard, folder: str | os.PathLike) -> Path:
     """Write ``folder/README.md`` atomically (a crash leaves the old card or the new one, never half of one)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".README.md.tmp"
-    card.save(tmp)
-    os.replace(tmp, folder / "README.md")
+    with atomic_path(folder / "README.md") as tmp:
+        card.save(tmp)
     return folder / "README.md"

@@ -1,7 +1,7 @@
 """The cascade's plan: every stage's teacher and student config, parameter counts and memory estimates.
 
 Configs come from the recipe (inline ``config:``), a local directory (``AutoConfig``), or a shrink of the teacher's
-config, so ``hf-distill cascade RECIPE --dry-run`` needs no weights and, with inline configs, no network. Parameter
+config, so ``hf-distill cascade RECIPE --dry_run`` needs no weights and, with inline configs, no network. Parameter
 counts come from instantiating the model on the ``meta`` device (exact, tied embeddings counted once, no memory).
 """
 
@@ -32,6 +32,7 @@ class StagePlan:
     teacher_params: int | None
     student_params: int
     memory: dict[str, float]  # bytes by component
+    baseline: bool = False  # a side branch (`baseline: true`): teaches no later stage
 
     @property
     def total_memory(self) -> float:
@@ -96,10 +97,12 @@ def _kd_bytes(stage: Stage, vocab: int) -> float:
 
 def build_plan(recipe: Recipe) -> list[StagePlan]:
     vocab = _tokenizer_vocab(recipe)
-    teacher_config = config_of(recipe.teacher, vocab) if recipe.teacher else None
-    teacher_name = (recipe.teacher.model or "inline config") if recipe.teacher else None
+    root_config = config_of(recipe.teacher, vocab) if recipe.teacher else None
+    root_name = (recipe.teacher.model or "inline config") if recipe.teacher else None
+    configs: dict[str | None, tuple] = {None: (root_config, root_name)}  # teacher by stage name (None: the root)
     plans = []
     for stage in recipe.stages:
+        teacher_config, teacher_name = configs[stage.teacher_stage]
         spec = stage.student
         if spec.shrink is not None:
             try:
@@ -122,8 +125,8 @@ def build_plan(recipe: Recipe) -> list[StagePlan]:
             memory["kd loss"] = _kd_bytes(stage, student_config.vocab_size)
         plans.append(StagePlan(stage.name, stage.methods, "-" if sft else teacher_name, student_name,
                                None if sft else teacher_config, student_config, teacher_params, student_params,
-                               memory))
-        teacher_config, teacher_name = student_config, f"stage {stage.name}"
+                               memory, stage.baseline))
+        configs[stage.name] = (student_config, f"stage {stage.name}")
     return plans
 
 
@@ -138,7 +141,8 @@ def plan_table(recipe: Recipe, plans: list[StagePlan]):
     root = plans[0].teacher_params or plans[0].student_params
     for p in plans:
         ratio = f"1/{p.teacher_params / p.student_params:.1f}" if p.teacher_params else "-"
-        table.add_row(p.name, "+".join(p.methods), p.teacher, p.student, _human(p.student_params), ratio,
+        method = "+".join(p.methods) + (" (baseline)" if p.baseline else "")
+        table.add_row(p.name, method, p.teacher, p.student, _human(p.student_params), ratio,
                       f"1/{root / p.student_params:.1f}", f"{p.total_memory / 2**30:.1f} GiB")
     return table
 

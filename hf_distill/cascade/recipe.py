@@ -3,13 +3,16 @@
 Every mistake is reported with its place in the file, the bad key or value, and what is allowed, before anything is
 downloaded or trained. A stage's ``training:`` mapping is passed to :class:`~hf_distill.DistillationConfig` as is, so
 its keys are checked against that dataclass (fields other engineers add work without changes here).
+
+Stages form a chain: each one's teacher is the last stage before it (the first one's, ``recipe.teacher``). Two keys
+make side branches: ``teacher_stage: NAME`` takes an earlier stage as the teacher (and the model a ``shrink`` cuts),
+and ``baseline: true`` marks a stage that teaches no later one (a comparison arm, e.g. the same shrunk student trained
+by ``method: sft``): the chain skips over it.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,6 +22,7 @@ import yaml
 
 from hf_distill.models.shrink import ShrinkSpec
 from hf_distill.traces.config import TraceConfig
+from hf_distill.utils.fingerprint import fingerprint
 
 METHODS = ("sft", "logit", "features", "traces")
 QUANTIZATION = (None, "8bit", "4bit")
@@ -152,6 +156,10 @@ class Stage:
     student_quantization: str | None = None
     traces: dict = field(default_factory=dict)
     push_to_hub: dict | None = None
+    # resolved on load: the stage whose model teaches this one (`teacher_stage:`, else the last non-baseline stage
+    # before it); None: the root teacher (`recipe.teacher`, or nothing for a first `method: sft` stage)
+    teacher_stage: str | None = None
+    baseline: bool = False  # a side branch: no later stage learns from it
     raw: dict = field(default_factory=dict, repr=False)  # as written in the recipe (card excerpt, hashing)
 
 
@@ -173,12 +181,12 @@ class Recipe:
         payload = {"stage": stage.raw, "data": stage.data.__dict__, "evaluation": stage.evaluation.__dict__,
                    "tokenizer": self.tokenizer, "seed": self.seed, "teacher": teacher_hash,
                    "root": None if self.teacher is None else self.teacher.__dict__}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return fingerprint(payload)
 
 
 _TOP = ("name", "output_dir", "seed", "license", "teacher", "tokenizer", "data", "evaluation", "stages")
 _STAGE = ("name", "student", "method", "training", "data", "evaluation", "peft", "student_quantization", "traces",
-          "push_to_hub")
+          "push_to_hub", "teacher_stage", "baseline")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -201,7 +209,8 @@ def parse_recipe(raw: Any, path: Path | None = None) -> Recipe:
     if isinstance(tokenizer, dict):
         _check_keys("recipe.tokenizer", tokenizer, ("vocab_size",), required=("vocab_size",))
     training_fields = _training_fields()
-    stages, names = [], set()
+    stages, names, baselines = [], set(), set()
+    chain_end = None  # the last non-baseline stage so far: the next stage's default teacher
     for i, entry in enumerate(stages_raw):
         where = f"recipe.stages[{i}]"
         _check_keys(where, entry, _STAGE, required=("name", "student", "method"))
@@ -217,10 +226,19 @@ def parse_recipe(raw: Any, path: Path | None = None) -> Recipe:
             raise RecipeError(f"{where}.method: 'sft' trains without a teacher and cannot be mixed; use one of "
                               f"{list(METHODS[1:])} or a list of them")
         student = StudentSpec.parse(f"{where}.student", entry["student"])
-        if i == 0 and teacher is None and methods != ["sft"]:
+        teacher_stage = _teacher_stage(where, entry, names - {name}, baselines, chain_end)
+        baseline = entry.get("baseline", False)
+        if not isinstance(baseline, bool):
+            raise RecipeError(f"{where}.baseline: true (a side branch no later stage learns from) or false, "
+                              f"got {baseline!r}")
+        rootless = teacher_stage is None and teacher is None
+        if rootless and baseline:
+            raise RecipeError(f"{where}.baseline: a baseline is compared with its teacher, and this stage has none; "
+                              "put it after the stage it branches from (or name it in `teacher_stage`)")
+        if rootless and methods != ["sft"]:
             raise RecipeError(f"{where}: the first stage needs a teacher: set `recipe.teacher` (path or hub id) or "
                               "make this stage `method: sft` (it then trains the root teacher)")
-        if i == 0 and teacher is None and student.shrink is not None:
+        if rootless and student.shrink is not None:
             raise RecipeError(f"{where}.student.shrink: there is no teacher to shrink; set `recipe.teacher`")
         training = entry.get("training") or {}
         _check_keys(f"{where}.training", training, training_fields)
@@ -245,10 +263,30 @@ def parse_recipe(raw: Any, path: Path | None = None) -> Recipe:
         stage_eval = EvalSpec.parse(f"{where}.evaluation", entry.get("evaluation", {}) or {}, evaluation) \
             if entry.get("evaluation") is not False else EvalSpec(enabled=False)
         stages.append(Stage(name, student, methods, dict(training), stage_data, stage_eval, entry.get("peft"), quant,
-                            dict(entry.get("traces") or {}), push, raw=entry))
+                            dict(entry.get("traces") or {}), push, teacher_stage, baseline, raw=entry))
+        if baseline:
+            baselines.add(name)
+        else:
+            chain_end = name
     return Recipe(name=str(raw["name"]), output_dir=str(raw.get("output_dir") or f"cascade-{raw['name']}"),
                   stages=stages, teacher=teacher, tokenizer=tokenizer, seed=int(raw.get("seed", 0)),
                   license=raw.get("license"), path=path, raw=raw)
+
+
+def _teacher_stage(where: str, entry: dict, earlier: set[str], baselines: set[str], chain_end: str | None):
+    """``teacher_stage:`` checked (an earlier stage that is not a baseline), else the chain's last stage."""
+    if "teacher_stage" not in entry:
+        return chain_end
+    named = entry["teacher_stage"]
+    if named not in earlier:
+        close = difflib.get_close_matches(str(named), sorted(earlier), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RecipeError(f"{where}.teacher_stage: {named!r} is not a stage before this one{hint}; earlier stages: "
+                          f"{sorted(earlier)} (the first stage's teacher is `recipe.teacher`)")
+    if named in baselines:
+        raise RecipeError(f"{where}.teacher_stage: {named!r} is a baseline, which teaches no stage; name a stage "
+                          "of the chain or drop `baseline: true` there")
+    return named
 
 
 def load_recipe(path: str | Path) -> Recipe:

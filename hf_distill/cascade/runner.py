@@ -9,7 +9,10 @@ Layout under the output directory::
     stages/<name>/eval.json  its generations' answers (the next stage's agreement is measured against them)
 
 A stage is skipped on a rerun when the manifest says it finished with the same input hash (its recipe entry, shared
-inputs and its teacher's hash, so editing a stage redoes it and everything after it).
+inputs and its teacher's hash, so editing a stage redoes it and every stage that learns from it). A stage's teacher
+is the previous stage unless the recipe branches (``teacher_stage:``, ``baseline: true``: see
+:mod:`hf_distill.cascade.recipe`); ``results.json`` lists the chain as ``lineage`` and the stages off it (baselines,
+other branches) as ``branches``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,6 +97,7 @@ class CascadeRunner:
         self.root.mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest.load(self.root)
         self._datasets: dict[str, DatasetDict] = {}
+        self.trained: list[str] = []  # stages (re)trained by the last run(), not skipped
 
     # ---- inputs -------------------------------------------------------------------------------------------------
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -134,31 +138,36 @@ class CascadeRunner:
     def run(self, from_stage: str | None = None) -> dict:
         names = [s.name for s in self.recipe.stages]
         if from_stage is not None and from_stage not in names:
-            raise RecipeError(f"--from-stage {from_stage!r}: no such stage; stages are {names}")
+            raise RecipeError(f"--from_stage {from_stage!r}: no such stage; stages are {names}")
+        self.trained = []
         tokenizer = self.tokenizer()
-        teacher = self.recipe.teacher.model if self.recipe.teacher else None
-        teacher_hash = _fingerprint_model(teacher) if teacher else "none"
-        teacher = self._converted(teacher, teacher_hash)
-        lineage = [self._root_entry(tokenizer, teacher)] if teacher else []
+        root = self.recipe.teacher.model if self.recipe.teacher else None
+        root_hash = _fingerprint_model(root) if root else "none"
+        root = self._converted(root, root_hash)
+        # by teacher (a stage name, None: the root): its model, its hash, its lineage (root teacher first, it last)
+        teachers: dict[str | None, tuple] = {None: (root, root_hash,
+                                                    [self._root_entry(tokenizer, root)] if root else [])}
         force = False
         for index, stage in enumerate(self.recipe.stages):
             force = force or stage.name == from_stage
+            teacher, teacher_hash, lineage = teachers[stage.teacher_stage]
             digest = self.recipe.stage_hash(index, teacher_hash)
             entry = self.manifest.stage(stage.name)
             model_dir = self.root / "stages" / stage.name / "model"
             if not force and entry.get("status") == "done" and entry.get("hash") == digest and model_dir.is_dir():
                 self.log(f"stage {stage.name}: finished earlier with the same inputs, skipped")
             elif from_stage is not None and not force:
-                raise RecipeError(f"--from-stage {from_stage}: stage {stage.name} before it has not finished "
-                                  "with the current recipe; run without --from-stage first")
+                raise RecipeError(f"--from_stage {from_stage}: stage {stage.name} before it has not finished "
+                                  "with the current recipe; run without --from_stage first")
             else:
                 self._run_stage(index, stage, teacher, digest, tokenizer, StageContext(self.recipe, self.root,
                                                                                       list(lineage)))
+                self.trained.append(stage.name)
             entry = self.manifest.stage(stage.name)
-            lineage.append({"name": stage.name, "model": str(model_dir), **entry.get("metrics", {}),
-                            "methods": stage.methods, "shrink": entry.get("shrink")})
-            teacher, teacher_hash = str(model_dir), digest
-        self._summarise(lineage)
+            row = {"name": stage.name, "model": str(model_dir), **entry.get("metrics", {}), "methods": stage.methods,
+                   "shrink": entry.get("shrink")}
+            teachers[stage.name] = (str(model_dir), digest, [*lineage, row])
+        self._summarise(teachers)
         return self.manifest.data
 
     def _converted(self, teacher: str | None, teacher_hash: str) -> str | None:
@@ -202,8 +211,11 @@ class CascadeRunner:
         if resume is None:
             shutil.rmtree(stage_dir, ignore_errors=True)
         stage_dir.mkdir(parents=True, exist_ok=True)
+        sft = stage.methods == ["sft"]
         self.log(f"stage {index + 1}/{len(self.recipe.stages)} {stage.name}: {'+'.join(stage.methods)}"
-                 + (f", teacher {teacher}" if teacher and stage.methods != ["sft"] else "")
+                 + (" (baseline)" if stage.baseline else "")
+                 + (f", teacher {teacher}" if teacher and not sft else "")
+                 + (f", a shrink of {teacher}" if teacher and sft and stage.student.shrink else "")
                  + (f", resuming from {Path(resume).name}" if resume else ""))
         self.manifest.update(stage.name, status="running", hash=digest, teacher=teacher, metrics={},
                              model_dir=str(stage_dir / "model"))
@@ -225,7 +237,7 @@ class CascadeRunner:
         if stage.evaluation.enabled:
             self.log(f"stage {stage.name}: evaluating the student")
             model = AutoModelForCausalLM.from_pretrained(model_dir)
-            teacher_answers = self._answers(index, teacher)
+            teacher_answers = self._answers(stage, teacher)
             metrics, answers = self._evaluate(model, tokenizer, stage, teacher_answers)
             write_json_atomic(stage_dir / "eval.json", answers)
             teacher_metrics = context.lineage[-1] if context.lineage else {}
@@ -238,7 +250,8 @@ class CascadeRunner:
         if shrink_plan is not None:
             shrink = {"spec": stage.student.shrink.to_dict(), "teacher_layers_kept": shrink_plan.layers}
         self.manifest.update(stage.name, metrics=metrics, shrink=shrink, adapter=adapter)
-        write_stage_card(model_dir, stage, context, metrics, shrink, adapter, self.manifest.data)
+        write_stage_card(model_dir, stage, self._card_context(index, stage, context), metrics, shrink, adapter,
+                         self.manifest.data)
         shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are only for resuming
         self.manifest.update(stage.name, status="done", seconds=time.perf_counter() - began)
         if stage.push_to_hub:
@@ -248,12 +261,26 @@ class CascadeRunner:
             self.manifest.update(stage.name, pushed=str(url))
             self.log(f"stage {stage.name}: pushed to {url}")
 
-    def _answers(self, index: int, teacher: str | None) -> dict | None:
-        """The teacher's answers and generations on the test problems (agreement and Logic-Match compare to them)."""
-        if teacher is None or self.recipe.stages[index].methods == ["sft"]:
+    def _card_context(self, index: int, stage: Stage, context: StageContext) -> StageContext:
+        """The card names the stage before this one in the recipe as its teacher: for a branch (``teacher_stage:``
+        other than the previous stage), give it the recipe as this stage's own line, its teacher stages then it."""
+        previous = self.recipe.stages[index - 1].name if index else None
+        if stage.teacher_stage == previous:
+            return context
+        line, name = [stage], stage.teacher_stage
+        while name is not None:
+            teacher_stage = next(s for s in self.recipe.stages if s.name == name)
+            line.insert(0, teacher_stage)
+            name = teacher_stage.teacher_stage
+        return replace(context, recipe=replace(self.recipe, stages=line))
+
+    def _answers(self, stage: Stage, teacher: str | None) -> dict | None:
+        """The teacher's answers and generations on the test problems (agreement and Logic-Match compare to them);
+        for an SFT stage, those of the stage it branches or is shrunk from. None for a stage with no teacher."""
+        if teacher is None:
             return None
-        path = self.root / "root_eval.json" if index == 0 else \
-            self.root / "stages" / self.recipe.stages[index - 1].name / "eval.json"
+        path = self.root / "root_eval.json" if stage.teacher_stage is None else \
+            self.root / "stages" / stage.teacher_stage / "eval.json"
         return json.loads(path.read_text()) if path.exists() else None
 
     def _evaluate(self, model, tokenizer, stage: Stage, teacher_answers) -> tuple[dict, dict]:
@@ -271,11 +298,18 @@ class CascadeRunner:
             metrics["logic_match"] = mean_logic_match(ev.generations, teacher_answers["generations"])
         return metrics, {"answers": ev.answers, "generations": ev.generations}
 
-    def _summarise(self, lineage: list[dict]) -> None:
+    def _summarise(self, teachers: dict) -> None:
+        """``results.json``: the chain (root teacher to the last non-baseline stage) and the stages off it."""
+        chain_end = next((s.name for s in reversed(self.recipe.stages) if not s.baseline), None)
+        lineage = teachers[chain_end][2]
+        on_chain = {row["name"] for row in lineage}
+        branches = [{**teachers[s.name][2][-1], "teacher_stage": s.teacher_stage, "baseline": s.baseline}
+                    for s in self.recipe.stages if s.name not in on_chain]
         rows = [row for row in lineage if "accuracy" in row]
         if rows:
             cascade_plot(rows, self.root / "cascade.png", title=self.recipe.name)
-        write_json_atomic(self.root / "results.json", {"recipe": self.recipe.name, "lineage": lineage})
+        write_json_atomic(self.root / "results.json", {"recipe": self.recipe.name, "lineage": lineage,
+                                                       "branches": branches})
 
 
 def run_cascade(recipe: Recipe, output_dir: str | Path | None = None, from_stage: str | None = None,

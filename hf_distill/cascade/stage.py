@@ -1,9 +1,9 @@
 """One cascade stage: build its student, train it by the stage's method(s), save it as a plain safetensors model.
 
-Methods: ``sft`` (no teacher: trains the root), ``logit`` (live-teacher KD with :class:`DistillationTrainer`),
-``features`` (logit KD plus hidden-state alignment: ``feature_weight`` defaults to 1.0), ``traces`` (generate the
-teacher's verified reasoning traces with :func:`hf_distill.traces.collect_traces` and train on them; plain SFT on
-the traces alone, KD on them when mixed with ``logit``/``features``).
+Methods: ``sft`` (no teacher: trains the root, or a baseline beside a distilled stage), ``logit`` (live-teacher KD
+with :class:`DistillationTrainer`), ``features`` (logit KD plus hidden-state alignment: ``feature_weight`` defaults
+to 1.0), ``traces`` (generate the teacher's verified reasoning traces with :func:`hf_distill.traces.collect_traces`
+and train on them; plain SFT on the traces alone, KD on them when mixed with ``logit``/``features``).
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ from hf_distill.cascade.plan import config_of
 from hf_distill.cascade.recipe import RecipeError, Stage
 from hf_distill.config import DistillationConfig
 from hf_distill.data.reasoning import to_prompt_completion
-from hf_distill.demo import _fast_bf16_available
+from hf_distill.models.adapters import describe_adapter, merge_adapters
 from hf_distill.models.gguf import load_causal_lm
-from hf_distill.models.quantization import (
-    describe_adapter,
-    load_quantized,
-    merge_adapters,
-)
+from hf_distill.models.quantization import load_quantized
 from hf_distill.models.shrink import shrink_model
 from hf_distill.traces import TraceConfig, collect_traces
 from hf_distill.trainer import DistillationTrainer
+from hf_distill.utils.device import fast_bf16_available
 
 
 def build_student(stage: Stage, teacher: str | None, tokenizer, seed: int):
@@ -60,7 +57,7 @@ def training_config(stage: Stage, output_dir: Path, seed: int) -> DistillationCo
                     logging_steps=10, dataloader_num_workers=0,
                     # off unless asked for, under either name (TRL turns it on by default)
                     activation_checkpointing=stage.training.get("gradient_checkpointing", False),
-                    use_cpu=not torch.cuda.is_available(), bf16=_fast_bf16_available())
+                    use_cpu=not torch.cuda.is_available(), bf16=fast_bf16_available())
     values = {**defaults, **stage.training, "output_dir": str(output_dir)}
     if "features" in stage.methods:
         values.setdefault("feature_weight", 1.0)

@@ -1,25 +1,40 @@
-"""`hf-distill cascade RECIPE [--dry-run] [--from-stage NAME] [--output-dir DIR]`."""
+"""`hf-distill cascade`: run a YAML recipe of stages, each stage's trained student teaching the next.
+
+    hf-distill cascade recipes/tiny-arithmetic.yaml                 # train; a rerun skips finished stages
+    hf-distill cascade recipes/llama3.1-70b-to-1b-to-100m.yaml --dry_run   # the plan only, no weights loaded
+    hf-distill cascade RECIPE --from_stage s2 --output_dir runs/x
+"""
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
+from dataclasses import dataclass, field
+
+from hf_distill.cli.parser import Parser
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hf-distill cascade",
-        description="Run a distillation cascade from a YAML recipe: each stage's trained student teaches the next. "
-        "A rerun skips finished stages and resumes an interrupted one from its last checkpoint.",
-    )
-    parser.add_argument("recipe", help="a recipe YAML file (see recipes/)")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan (models, parameter "
-                        "counts, memory estimates) without loading weights")
-    parser.add_argument("--from-stage", default=None, help="rerun this stage and all after it (earlier stages must "
-                        "have finished)")
-    parser.add_argument("--output-dir", default=None, help="overrides the recipe's output_dir")
-    args = parser.parse_args(argv)
+@dataclass
+class CascadeArguments:
+    recipe: str | None = field(default=None, metadata={"help": "A recipe YAML file (see recipes/); also positional."})
+    dry_run: bool = field(default=False, metadata={"help": "Validate and print the plan (models, parameter counts, "
+                                                           "memory estimates) without loading weights."})
+    from_stage: str | None = field(default=None, metadata={"help": "Rerun this stage and all after it (earlier "
+                                                                    "stages must have finished)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Overrides the recipe's output_dir."})
+
+
+def parser() -> Parser:
+    return Parser(CascadeArguments, positional="recipe", prog="hf-distill cascade",
+                  description="Run a distillation cascade from a YAML recipe: each stage's trained student teaches "
+                  "the next. A rerun skips finished stages and resumes an interrupted one from its last checkpoint.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = parser()
+    (args,) = cli.parse(sys.argv[1:] if argv is None else argv)
+    if args.recipe is None:
+        cli.error("a recipe is required: hf-distill cascade RECIPE.yaml [--dry_run]")
 
     from rich.console import Console
 

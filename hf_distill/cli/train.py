@@ -1,12 +1,12 @@
 """`hf-distill train`: a distillation run configured entirely by `DistillationConfig` arguments.
 
     hf-distill train --model_name_or_path ./student --teacher_model_name_or_path ./teacher \
-        --dataset arithmetic --output_dir out --max_steps 200 --kd_loss forward_kl --temperature 1.0
+        --dataset_name arithmetic --output_dir out --max_steps 200 --kd_loss forward_kl --temperature 1.0
+    hf-distill train --config run.yaml --max_steps 10     # the YAML's values, flags override them
 
-Any `TrainingArguments`/`SFTConfig` flag works too (`--eval_strategy steps` evaluates on the dataset's test split,
-`--resume_from_checkpoint DIR|true` continues a run); a YAML/JSON file can be passed instead of flags. With a
-teacher-logit cache (`hf-distill cache-logits`), pass `--teacher_cache DIR` instead of `--teacher_model_name_or_path`.
-A `.gguf` file works wherever a model path does.
+Any `TrainingArguments`/`SFTConfig` flag works too (`--eval_strategy steps` evaluates on `--dataset_test_split`,
+`--resume_from_checkpoint DIR|true` continues a run). With a teacher-logit cache (`hf-distill cache-logits`), pass
+`--teacher_cache DIR` instead of `--teacher_model_name_or_path`. A `.gguf` file works wherever a model path does.
 """
 
 from __future__ import annotations
@@ -15,48 +15,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from datasets import Dataset, DatasetDict, ReadInstruction, load_dataset
-from transformers import HfArgumentParser
-
+from hf_distill.cli.arguments import DatasetArguments, load_splits
+from hf_distill.cli.parser import Parser
 from hf_distill.config import DistillationConfig
-from hf_distill.data.reasoning import (
-    ARITHMETIC,
-    load_reasoning_dataset,
-    to_prompt_completion,
-)
 from hf_distill.models.gguf import load_causal_lm, load_tokenizer
 from hf_distill.trainer import DistillationTrainer
-
-# Columns that TRL's SFTTrainer prepares by itself; data with them is used as it is.
-_TRL_FORMATS = (("messages",), ("prompt", "completion"), ("text",), ("input_ids",))
-
-
-@dataclass
-class DatasetArguments:
-    """Which data to train (and evaluate) on. Shared by `hf-distill train` and `hf-distill cache-logits`, so a cache
-    is collected over exactly the examples training reads."""
-
-    dataset: str = field(
-        default=ARITHMETIC,
-        metadata={"help": "'arithmetic' (generated), a .jsonl/.json/.parquet file, a directory of <split>.jsonl "
-                  "files (e.g. train.jsonl, test.jsonl), or a hub dataset name."},
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_train_split: str = field(
-        default="train",
-        metadata={"help": "Training split, with the slice syntax of `datasets`: 'train', 'train[:500]', 'train[:10%]'."},
-    )
-    dataset_test_split: str = field(
-        default="test",
-        metadata={"help": "Evaluation split (used when --eval_strategy is not 'no'), same syntax: 'test[:200]'."},
-    )
-    num_examples: int | None = field(
-        default=None,
-        metadata={"help": "Keep the first N training examples (after the split's slice); for 'arithmetic', the number "
-                  "of problems generated (default 2000). Default: all."},
-    )
-    question_column: str = field(default="question", metadata={"help": "Column holding the question (GSM8K format)."})
-    answer_column: str = field(default="answer", metadata={"help": "Column holding the step-by-step answer."})
 
 
 @dataclass
@@ -66,81 +29,17 @@ class ScriptArguments(DatasetArguments):
     )
 
 
-def load_splits(args: DatasetArguments, with_test: bool = False, tokenizer=None) -> tuple[Dataset, Dataset | None]:
-    """The training split (and the test split when ``with_test``) that `hf-distill train` and `cache-logits` read.
-
-    GSM8K-format data (question/answer columns) becomes prompt-completion; data already in one of TRL's formats
-    (messages, prompt/completion, text, input_ids) is used as it is.
-    """
-    if args.dataset == ARITHMETIC:
-        n_train = args.num_examples or 2000
-        data = load_reasoning_dataset(ARITHMETIC, n_train=n_train, n_test=200 if with_test else 1)
-    else:
-        data = _load_any(args.dataset, args.dataset_config)
-    train = _split(data, args.dataset_train_split, args.dataset)
-    if args.num_examples is not None and args.dataset != ARITHMETIC:
-        train = train.select(range(min(args.num_examples, len(train))))
-    test = _split(data, args.dataset_test_split, args.dataset) if with_test else None
-    return _trainable(train, args, tokenizer), (None if test is None else _trainable(test, args, tokenizer))
+def parser() -> Parser:
+    return Parser((ScriptArguments, DistillationConfig), prog="hf-distill train",
+                  description="Distil a student from a teacher (or a teacher-logit cache) with DistillationConfig "
+                  "arguments; any TrainingArguments/SFTConfig flag works too.")
 
 
-def _load_any(source: str, config: str | None) -> DatasetDict:
-    if os.path.isdir(source):
-        return load_reasoning_dataset(source) if _has_jsonl(source) else load_dataset(source, config)
-    if os.path.isfile(source):
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(os.path.splitext(source)[1])
-        if kind is None:
-            raise ValueError(f"Cannot read {source!r}: use a .jsonl, .json, .parquet or .csv file.")
-        return load_dataset(kind, data_files={"train": source})
-    return load_dataset(source, config)
-
-
-def _has_jsonl(folder: str) -> bool:
-    return any(name.endswith(".jsonl") for name in os.listdir(folder))
-
-
-def _split(data: Dataset | DatasetDict, spec: str, source: str) -> Dataset:
-    """``spec`` is a split name with an optional `datasets` slice: 'train', 'train[:500]', 'test[10%:20%]'."""
-    if isinstance(data, Dataset):
-        data = DatasetDict({"train": data})
-    name = spec.split("[", 1)[0]
-    if name not in data:
-        raise ValueError(f"{source!r} has no split {name!r} (from {spec!r}); its splits are {sorted(data)}. Pick one "
-                         "with --dataset_train_split / --dataset_test_split.")
-    try:
-        instructions = ReadInstruction.from_spec(spec).to_absolute({key: len(split) for key, split in data.items()})
-    except (ValueError, AssertionError) as error:
-        raise ValueError(f"Bad split {spec!r}: {error}. Use e.g. 'train', 'train[:500]' or 'train[:10%]'.") from None
-    parts = [data[i.splitname].select(range(i.from_, i.to)) for i in instructions]
-    if not parts or sum(map(len, parts)) == 0:
-        raise ValueError(f"Split {spec!r} of {source!r} is empty: there is nothing to train or evaluate on.")
-    if len(parts) == 1:
-        return parts[0]
-    from datasets import concatenate_datasets
-
-    return concatenate_datasets(parts)
-
-
-def _trainable(split: Dataset, args: DatasetArguments, tokenizer) -> Dataset:
-    columns = set(split.column_names)
-    if {args.question_column, args.answer_column} <= columns:
-        data = load_reasoning_dataset(split, question_column=args.question_column, answer_column=args.answer_column)
-        return to_prompt_completion(data, tokenizer=tokenizer)
-    if any(set(fmt) <= columns for fmt in _TRL_FORMATS):
-        return split
-    raise ValueError(
-        f"The dataset's columns {sorted(columns)} are neither GSM8K-style question/answer (name them with "
-        "--question_column/--answer_column) nor one of TRL's formats: messages, prompt + completion, text, input_ids."
-    )
-
-
-def parse_args(parser: HfArgumentParser, argv: list[str]):
-    """Flags, or a single YAML/JSON file of them (as `trl sft --config`)."""
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    return parser.parse_args_into_dataclasses(argv)
+def parse(argv: list[str]) -> tuple[ScriptArguments, DistillationConfig]:
+    """Flags and/or `--config FILE.yaml`; a lone FILE.yaml/.json (the older `hf-distill train run.yaml`) is that."""
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+        argv = ["--config", argv[0]]
+    return parser().parse(argv)
 
 
 def resume_value(value: str | bool | None) -> str | bool | None:
@@ -151,10 +50,9 @@ def resume_value(value: str | bool | None) -> str | bool | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = HfArgumentParser((ScriptArguments, DistillationConfig))
-    script, config = parse_args(parser, sys.argv[1:] if argv is None else argv)
+    script, config = parse(sys.argv[1:] if argv is None else argv)
     if script.model_name_or_path is None:
-        parser.error("--model_name_or_path is required (the student: a local directory, a hub id or a .gguf file)")
+        parser().error("--model_name_or_path is required (the student: a local directory, a hub id or a .gguf file)")
     tokenizer = load_tokenizer(script.model_name_or_path)
     train, test = load_splits(script, with_test=config.eval_strategy != "no", tokenizer=tokenizer)
     student = load_causal_lm(script.model_name_or_path, trust_remote_code=config.trust_remote_code,

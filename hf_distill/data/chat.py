@@ -17,13 +17,14 @@ token, which the model never generates (it stops at the end-of-turn token). The 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
+
+from hf_distill.utils.fingerprint import fingerprint_bytes
 
 logger = logging.getLogger(__name__)
 _FORMAT = "hf_distill.data.chat/1"  # bump when the masks change, so cached maps are redone
@@ -114,11 +115,9 @@ def _tokenize_example(example: dict, tokenizer: PreTrainedTokenizerBase) -> dict
 def _map_fingerprint(dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> str:
     """The fingerprint (cache key) of the map above. `datasets` would dill-pickle the whole tokenizer to compute it,
     12 s for Gemma's 262k-token vocabulary; its serialised form hashes in a fraction of a second."""
-    digest = hashlib.sha256()
-    for part in (dataset._fingerprint, _FORMAT, tokenizer.backend_tokenizer.to_str(), tokenizer.chat_template,
-                 sorted(tokenizer.special_tokens_map.items())):
-        digest.update(repr(part).encode())
-    return digest.hexdigest()[:16]
+    parts = (dataset._fingerprint, _FORMAT, tokenizer.backend_tokenizer.to_str(), tokenizer.chat_template,
+             sorted(tokenizer.special_tokens_map.items()))
+    return fingerprint_bytes(repr(part).encode() for part in parts)
 
 
 def _generation_prompt(render, turns: list[dict]) -> str:

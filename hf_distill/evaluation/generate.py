@@ -11,7 +11,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from hf_distill.data.reasoning import has_chat_template, log_plain_format, plain_prompt
-from hf_distill.evaluation.answers import extract_answer, normalize_number
+from hf_distill.evaluation.answers import (
+    exact_match_accuracy,
+    extract_answer,
+    normalize_number,
+)
 from hf_distill.models.build import count_parameters
 
 
@@ -103,9 +107,8 @@ def evaluate_reasoning(
     generations, speed = generate(model, tokenizer, chat_prompts(tokenizer, questions), max_new_tokens, batch_size,
                                   progress)
     answers = [extract_answer(text) for text in generations]
-    golds = [extract_answer(text) for text in gold_answers]
-    correct = sum(a is not None and a == g for a, g in zip(answers, golds, strict=True))
-    return ReasoningEval(correct / max(len(golds), 1), answers, generations, speed, count_parameters(model))
+    accuracy = exact_match_accuracy(generations, gold_answers) if gold_answers or generations else 0.0
+    return ReasoningEval(accuracy, answers, generations, speed, count_parameters(model))
 
 
 def answer_agreement(answers: list[str | None], reference: list[str | None]) -> float:

@@ -1,4 +1,5 @@
-"""Checks of the feature-alignment and co-distillation fields of `DistillationConfig` (run in its __post_init__)."""
+"""Checks of the feature-alignment fields of `DistillationConfig` (run in its __post_init__); co-distillation's
+are beside it, in :mod:`hf_distill.objectives.codistill`."""
 
 from __future__ import annotations
 
@@ -22,17 +23,11 @@ def check_feature_settings(config) -> None:
         parse_pair_weights(config.feature_pair_weights, len(pairs))
     if config.feature_projector not in PROJECTORS:
         raise ValueError(f"feature_projector must be one of {list(PROJECTORS)}, got {config.feature_projector!r}.")
-    if config.teacher_learning_rate is not None:
-        if not config.co_distill:
-            raise ValueError("teacher_learning_rate only applies to a co-trained teacher: set co_distill=True, or drop "
-                             "teacher_learning_rate (a plain teacher is frozen).")
-        if not config.teacher_learning_rate > 0:
-            raise ValueError(f"teacher_learning_rate must be > 0, got {config.teacher_learning_rate}.")
-    require_live_teacher(config, config.teacher_cache is not None)
+    require_live_teacher_for_features(config, config.teacher_cache is not None)
 
 
-def require_live_teacher(config, uses_cache: bool) -> None:
-    if uses_cache and (features_enabled(config) or config.co_distill):
-        raise ValueError("Feature/attention alignment and co_distill need a live teacher (its hidden states or its "
-                         "gradients), not a teacher_cache of logits: pass teacher_model_name_or_path instead, or set "
-                         "feature_weight=0, attention_weight=0, co_distill=False.")
+def require_live_teacher_for_features(config, uses_cache: bool) -> None:
+    if uses_cache and features_enabled(config):
+        raise ValueError("Feature/attention alignment (feature_weight, attention_weight > 0) need a live teacher (its "
+                         "hidden states), not a teacher_cache of logits: pass teacher_model_name_or_path instead, or "
+                         "set feature_weight=0, attention_weight=0.")

@@ -14,8 +14,14 @@ The naive version keeps several ``(N, V)`` float32 tensors alive until backward.
 final hidden states plus its ``lm_head`` weight: each chunk is projected, its loss and its gradient with respect to
 the chunk's logits are taken at once (as Liger-Kernel's fused linear losses do) and projected straight back into the
 ``(N, H)`` hidden-state gradient and one ``V x H`` weight gradient, accumulated in place (which the optimizer needs
-anyway). Peak extra memory is about three ``chunk_size x V`` float32 tensors for the default forward KL, whose
-gradient is written by hand (:mod:`hf_distill.losses.dense`), and about five for the other divergences (autograd).
+anyway).
+
+Peak extra memory of a training step, in ``chunk_size x V`` float32 tensors (counted from the code, and measured on
+CPU as the resident-set growth of a one-chunk loss at V = 65536): with a dense (live) teacher, 4 for the default
+forward KL (and ``jsd`` at ``beta=0``), whose gradient is written by hand (:mod:`hf_distill.losses.dense`), 7 for
+``reverse_kl`` and ``tvd`` and 10 for ``jsd`` and the skew KLs (autograd); with a sparse teacher (a logit cache), 2
+at ``T = 1`` and 3 otherwise, whatever the divergence (:mod:`hf_distill.losses.sparse`). Evaluation needs as much or
+less. This is the one place that states it.
 
 Mixed precision: under autocast (the trainer's ``bf16``/``fp16``), the student's head projections (its forward and the
 hidden-state gradient) run in the autocast dtype, as ``lm_head`` does in ``SFTTrainer``; the logits are then cast to
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +51,17 @@ from hf_distill.losses.targets import (
 
 @dataclass(frozen=True)
 class LossSpec:
-    """What to compute: the knobs of :class:`~hf_distill.DistillationConfig` that the loss needs."""
+    """What to compute: the knobs of :class:`~hf_distill.DistillationConfig` that the loss needs.
+
+    ``chunk_size``: tokens per chunk; ``"auto"`` (the default) is :func:`default_chunk_size` of the teacher signal's
+    vocabulary, as the trainer uses; None computes all tokens in one chunk.
+    """
 
     divergence: str = "forward_kl"
     temperature: float = 1.0
     alpha: float = 0.5
     beta: float = 0.5
-    chunk_size: int | None = 1024
+    chunk_size: int | Literal["auto"] | None = "auto"
 
     def __post_init__(self):
         get_divergence(self.divergence)  # fail early on an unknown name
@@ -63,8 +74,20 @@ class LossSpec:
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta (mixture weight of jsd/skew losses) must be in [0, 1], got {self.beta}. Fix: 0.5 "
                              "is usual for jsd, 0.1 for the skew losses.")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive number of tokens or None, got {self.chunk_size}.")
+        if self.chunk_size not in ("auto", None) and (isinstance(self.chunk_size, str) or self.chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive number of tokens, 'auto' or None, got "
+                             f"{self.chunk_size!r}.")
+
+
+def default_chunk_size(vocab_size: int, sparse: bool = False) -> int:
+    """Tokens per chunk of the KD loss when none is set (`DistillationConfig.kd_chunk_size`, ``LossSpec("auto")``).
+
+    A dense teacher: 128 tokens, fewer when ``chunk x vocab`` would pass 2**25 values (never under 64). A sparse
+    teacher (a logit cache): 2**22 / vocab tokens (at least 64). Chosen from the time and memory sweeps of
+    ``benchmarks/kd_loss.py`` (results in ``benchmarks/RESULTS.md``).
+    """
+    per_vocab = 2**22 // max(vocab_size, 1) if sparse else min(128, 2**25 // max(vocab_size, 1))
+    return max(64, per_vocab)
 
 
 @dataclass
@@ -82,7 +105,7 @@ def _autograd_terms(
     student_logits: torch.Tensor, teacher: TeacherSignal, rows: slice, targets: torch.Tensor, spec: LossSpec
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sums of the KD and CE terms and the top-1 agreement count over one chunk of rows, differentiable."""
-    if isinstance(teacher, SparseTeacherSignal):  # the same terms, fused by hand (about 3x faster at 32k vocab)
+    if isinstance(teacher, SparseTeacherSignal):  # the same terms, fused by hand (faster: see losses.sparse)
         return sparse_chunk_terms(student_logits, teacher, rows, targets, spec)
     student_logp, teacher_logp, teacher_top1 = teacher.align(student_logits, rows, spec.temperature)  # (C, K) x2
     kd = get_divergence(spec.divergence)(student_logp, teacher_logp, spec.beta).sum() * spec.temperature**2
@@ -130,7 +153,10 @@ def _chunked_stats(
     grad_hidden, grad_weight, grad_bias = grads
     need_grad = any(g is not None for g in grads)
     stats = torch.zeros(3, dtype=torch.float64, device=hidden.device)  # kd, ce, agree
-    chunk = spec.chunk_size or max(hidden.shape[0], 1)
+    size = spec.chunk_size
+    if size == "auto":
+        size = default_chunk_size(teacher.vocab_size, isinstance(teacher, SparseTeacherSignal))
+    chunk = size or max(hidden.shape[0], 1)
     for start in range(0, hidden.shape[0], chunk):
         rows = slice(start, start + chunk)
         h = hidden[rows].detach()  # (C, H), or (C, Vs) logits

@@ -9,9 +9,11 @@ version, and the reference in the tests)::
     grad = d(alpha * ce + (1 - alpha) * kd) / d logits
 
 Forward KL (and ``jsd`` with ``beta=0``, which is the same loss) is the default objective, so it gets this path.
-Autograd keeps about five ``(C, V)`` float32 tensors alive per chunk (student log-probs, teacher log-probs and probs,
-their product, the incoming gradient); here the student logits are overwritten by their own gradient and the teacher
-logits by the teacher's log-probabilities, so about three are alive at the peak. With ``q_T = softmax(s[:V] / T)``,
+Autograd keeps more ``(C, V)`` float32 tensors alive per chunk (student log-probs, teacher log-probs and probs, their
+product, the incoming gradient); here the student logits are overwritten by their own gradient and the teacher
+logits by the teacher's log-probabilities: four are alive at the peak (student logits, teacher logits, teacher
+``exp``, and the product ``torch.linalg.vecdot`` materialises; the counts of every path are in
+:mod:`hf_distill.losses.chunked`). With ``q_T = softmax(s[:V] / T)``,
 ``p = softmax(t / T)`` and ``y`` the one-hot target::
 
     d kd / d s[:V] = T (q_T - p)          d ce / d s = softmax(s) - y
@@ -45,11 +47,11 @@ def dense_forward_kl_terms(
         t = t.clone()  # may be a view of the caller's logits: not ours to overwrite
     if T != 1.0:
         t.div_(T)
-    t_max, top1 = t.max(-1)  # (C,) x2; max() is about 2x faster than argmax() on CPU
+    t_max, top1 = t.max(-1)  # (C,) x2; one max() gives both, faster than a separate argmax() on CPU
     e = t.sub_(t_max[:, None]).exp()  # (C, V) unnormalised teacher probabilities, p = e / z
     z = e.sum(-1)  # (C,)
     log_p = t.sub_(z.log()[:, None])  # (C, V) in place of t
-    neg_entropy = torch.linalg.vecdot(e, log_p) / z  # (C,) sum p log p, as a row dot product: no (C, V) product
+    neg_entropy = torch.linalg.vecdot(e, log_p) / z  # (C,) sum p log p (vecdot allocates the (C, V) product)
     del log_p, t
     m_v = s[:, :V].amax(-1)  # (C,)
     agree = (s[index, top1] == m_v).sum()  # the student's max at the teacher's top-1 (ties count)

@@ -26,13 +26,9 @@ reverse KL (the mixture formula itself degenerates to 0 there), so configs porte
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
-
-
-class Divergence(Protocol):
-    def __call__(self, student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float) -> torch.Tensor: ...
 
 
 def _kl(logp_a: torch.Tensor, logp_b: torch.Tensor) -> torch.Tensor:

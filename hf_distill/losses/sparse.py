@@ -9,11 +9,11 @@ Computes exactly what the generic path of :mod:`hf_distill.losses.chunked` compu
     agree = (logits[:, :V].argmax(-1) == top1).sum()                     # here: teacher's top-1 ties the max
 
 Autograd over that costs about fifteen passes over the ``(C, V)`` logits (two logsumexps, a scatter, a division,
-two gathers and their backward, the accumulation of five gradients), which at a 32k vocabulary made a training step
-about three times slower than plain cross-entropy. Here CE and KD share one exponential pass (two when T != 1 or the
-student has padding rows), the divergence runs on the ``(C, K)`` buckets only, and the backward writes the ``(C, V)``
-gradient in one pass. With ``s = logits / T``, ``q = softmax(s[:V])``, ``r = sum of q outside the top-k`` and
-``G_b = d kd / d student_logp_b``::
+two gathers and their backward, the accumulation of five gradients), which made a training step several times
+slower than plain cross-entropy (``benchmarks/kd_loss.py`` measures it). Here CE and KD share one exponential pass
+(two when T != 1 or the student has padding rows), the divergence runs on the ``(C, K)`` buckets only, and the
+backward writes the ``(C, V)`` gradient in one pass. With ``s = logits / T``, ``q = softmax(s[:V])``,
+``r = sum of q outside the top-k`` and ``G_b = d kd / d student_logp_b``::
 
     d kd / d s_j = G_i [j = id_i] + G_rest [j not in top-k] q_j / r - q_j sum_b G_b
     d ce / d logits_j = softmax(logits)_j - [j = target]

@@ -20,6 +20,13 @@ class ModelSize:
     intermediate_size: int | None = None
 
 
+def random_llama(seed: int = 0, **config) -> LlamaForCausalLM:
+    """A randomly initialised Llama from ``LlamaConfig(**config)``, seeded: the one builder of the package's demo
+    models, the tests' tiny models and the benchmarks' random models."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**config))
+
+
 def build_llama(
     tokenizer: PreTrainedTokenizerBase, size: ModelSize, max_positions: int = 512, seed: int = 0
 ) -> LlamaForCausalLM:
@@ -27,7 +34,8 @@ def build_llama(
     if size.hidden_size % size.num_heads:
         raise ValueError(f"hidden_size {size.hidden_size} must be divisible by num_heads {size.num_heads}")
     intermediate = size.intermediate_size or 32 * round(size.hidden_size * 8 / 3 / 32)
-    config = LlamaConfig(
+    model = random_llama(
+        seed,
         vocab_size=len(tokenizer),
         hidden_size=size.hidden_size,
         intermediate_size=intermediate,
@@ -40,8 +48,6 @@ def build_llama(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from hf_distill.utils.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -118,21 +118,12 @@ def convert_gguf(path: str | os.PathLike, output_dir: str | os.PathLike, gguf_fi
     reference = gguf_reference(path, gguf_file)
     if reference is None:
         raise ValueError(f"{str(path)!r} is not a GGUF checkpoint: pass a .gguf file, or a folder and gguf_file=NAME.")
-    output_dir = Path(output_dir)
     model = load_gguf_model(*reference, dtype=dtype)
     tokenizer = load_gguf_tokenizer(*reference)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; the finished folder is an ordinary one
-    try:
+    with atomic_dir(output_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
+    return Path(output_dir)
 
 
 def _require_gguf_package() -> None:

@@ -1,6 +1,6 @@
-"""bitsandbytes 8-bit / 4-bit loading for teachers and QLoRA students, and merging LoRA adapters into a plain model.
+"""bitsandbytes 8-bit / 4-bit loading for teachers and QLoRA students (merging their LoRA adapters: models.adapters).
 
-What bitsandbytes 0.50 does on a CPU (measured, and tested in ``tests/test_quantization.py``):
+What bitsandbytes 0.50 does on a CPU (measured, and tested in ``tests/models/test_quantization.py``):
 
 * 8-bit (LLM.int8) and 4-bit (NF4/FP4, double quantisation, any compute dtype) load, run forward and train LoRA
   adapters on the CPU; its 8-bit and paged optimizers also step there. No path this module configures is GPU-only.
@@ -11,13 +11,12 @@ What bitsandbytes 0.50 does on a CPU (measured, and tested in ``tests/test_quant
   :func:`check_quantizable` finds such layers before loading and names them.
 * The repacking is permanent and silently breaks two things: the backward pass (the packed kernel has no autograd
   formula, so no gradient reaches the layer's input) and ``dequantize_4bit`` (so transformers' ``dequantize()`` and
-  PEFT's ``merge_and_unload``). :func:`keep_4bit_trainable` turns it off for students; :func:`merge_adapters`
-  undoes it before dequantising.
+  PEFT's ``merge_and_unload``). :func:`keep_4bit_trainable` turns it off for students;
+  :func:`hf_distill.models.adapters.merge_adapters` undoes it before dequantising.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib.util
 import os
@@ -30,6 +29,13 @@ from transformers import (
     BitsAndBytesConfig,
     PretrainedConfig,
     PreTrainedModel,
+)
+
+from hf_distill._compat import (
+    modules_not_to_quantize,
+    should_quantize_module,
+    stop_cpu_4bit_repacking,
+    unpack_cpu_4bit_weights,
 )
 
 QUANTIZATION_MODES = ("8bit", "4bit")
@@ -80,18 +86,15 @@ def check_quantizable(
         return
     if not _cpu_repacks_4bit():
         return
-    from transformers.quantizers.base import HfQuantizer
-    from transformers.quantizers.quantizers_utils import should_convert_module
-
     model_config = model if isinstance(model, PretrainedConfig) else AutoConfig.from_pretrained(
         str(model), trust_remote_code=trust_remote_code
     )
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
-    skipped = HfQuantizer.get_modules_to_not_convert(meta, config.llm_int8_skip_modules, meta._keep_in_fp32_modules)
+    skipped = modules_not_to_quantize(meta, config.llm_int8_skip_modules)
     bad = sorted(
         {name.rsplit(".", 1)[-1] for name, module in meta.named_modules()
-         if type(module) is nn.Linear and should_convert_module(name, skipped)
+         if type(module) is nn.Linear and should_quantize_module(name, skipped)
          and (module.out_features % _CPU_4BIT_ROWS or module.in_features % _4BIT_BLOCKSIZE)}
     )
     if bad:
@@ -172,85 +175,6 @@ def weight_memory_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in seen.values())
 
 
-def describe_adapter(model: nn.Module) -> dict | None:
-    """What a model card says about a LoRA student: type, r, alpha, dropout, target modules, base quantisation,
-    trainable parameters and whether it was merged. None for a model that never had an adapter."""
-    merged = getattr(model, "hf_distill_adapter", None)
-    if merged is not None:
-        return dict(merged)
-    peft_config = getattr(model, "peft_config", None)
-    if not isinstance(peft_config, dict) or not peft_config:
-        return None
-    name = getattr(model, "active_adapter", None) or next(iter(peft_config))
-    config = peft_config[name]
-    targets = config.target_modules
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {
-        "peft_type": str(getattr(config.peft_type, "value", config.peft_type)),
-        "r": getattr(config, "r", None),
-        "lora_alpha": getattr(config, "lora_alpha", None),
-        "lora_dropout": getattr(config, "lora_dropout", None),
-        "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
-        "modules_to_save": sorted(config.modules_to_save or []),
-        "base_quantization": quantization_mode(model),
-        "trainable_parameters": trainable,
-        "merged": False,
-    }
-
-
-def merge_adapters(model: nn.Module, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
-    """Merge the active LoRA adapter into its base and return a plain transformers model (no PEFT, no bnb layers).
-
-    A model without adapters is returned as it is. For a quantised base (QLoRA, or LoRA on 8-bit) the adapter
-    weights are set aside, the base is dequantised in place to ``dtype`` (default: the dtype the base was loaded
-    in), the adapter is re-attached and merged in full precision. The result computes what the trained student
-    computed (dequantised base + LoRA), not the original full-precision base + LoRA. PEFT's own ``merge_and_unload``
-    on a 4-bit base re-quantises the merged weights (a second rounding) and, on a CPU after an inference pass, reads
-    repacked weights as if they were not (measured: logits off by 0.43 against 0.002 here). ``describe_adapter`` on
-    the result records ``merged: True``.
-    """
-    from peft import (
-        PeftModel,
-        get_peft_model,
-        get_peft_model_state_dict,
-        set_peft_model_state_dict,
-    )
-
-    if not isinstance(model, PeftModel):
-        if any(hasattr(module, "lora_A") for module in model.modules()):
-            raise TypeError("merge_adapters needs the PeftModel wrapper (as returned by get_peft_model/the trainer).")
-        return model
-    info = {**describe_adapter(model), "merged": True}
-    mode = quantization_mode(model)
-    if mode is None:
-        merged = model.merge_and_unload()
-    else:
-        name = model.active_adapter
-        peft_config = copy.deepcopy(model.peft_config[name])
-        peft_config.inference_mode = False
-        adapter_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
-        base = model.unload()  # the quantised base, LoRA layers removed (not merged)
-        target = _resolve_dtype(dtype) or getattr(base.config, "dtype", None) or torch.float32
-        target = _resolve_dtype(target)
-        _unpack_cpu_4bit(base)
-        base = base.dequantize(dtype=target)
-        base.to(target)
-        for attr in ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized"):
-            if hasattr(base, attr):
-                setattr(base, attr, False)
-        rewrapped = get_peft_model(base, peft_config)
-        set_peft_model_state_dict(rewrapped, adapter_state)
-        merged = rewrapped.merge_and_unload()
-        merged.to(target)
-    # Undo prepare_model_for_kbit_training / the trainer's training set-up: the result is an ordinary model.
-    if getattr(merged, "supports_gradient_checkpointing", False):
-        merged.gradient_checkpointing_disable()
-    merged.disable_input_require_grads()
-    merged.requires_grad_(True)
-    merged.hf_distill_adapter = info
-    return merged
-
-
 def keep_4bit_trainable(model: nn.Module) -> int:
     """Stop bitsandbytes repacking a 4-bit student's layers for CPU inference (see module doc), and undo packing
     already done. Returns the number of 4-bit layers.
@@ -259,26 +183,9 @@ def keep_4bit_trainable(model: nn.Module) -> int:
     no grad) on such a CPU, no gradient flows back through its 4-bit layers: adapters before the last one silently
     stop training. `DistillationTrainer` calls this on its student; teachers keep the faster packed kernel.
     """
-    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
-    for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
-    _unpack_cpu_4bit(model)
-    return len(layers)
-
-
-def _unpack_cpu_4bit(model: nn.Module) -> None:
-    """Undo bitsandbytes' CPU inference packing (see module doc) so 4-bit weights dequantise correctly."""
-    try:
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-    except ImportError:  # a bitsandbytes without CPU packing: nothing to undo
-        return
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        state = getattr(weight, "quant_state", None)
-        if state is not None and getattr(state, "packing_format_for_cpu", False):
-            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
-            if getattr(module, "quant_state", None) is not None:
-                module.quant_state = weight.quant_state
+    count = stop_cpu_4bit_repacking(model)
+    unpack_cpu_4bit_weights(model)
+    return count
 
 
 def _default_device() -> torch.device:
@@ -287,7 +194,9 @@ def _default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+def resolve_torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch dtype from its name (``'bfloat16'``); a dtype or None unchanged. (Not ``utils.device.resolve_dtype``,
+    which passes ``'auto'`` through: a compute or merge dtype must be a real one.)"""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     resolved = getattr(torch, str(dtype), None)
@@ -297,7 +206,7 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 
 def _resolve_compute_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    dtype = _resolve_dtype(dtype)
+    dtype = resolve_torch_dtype(dtype)
     if dtype is not None:
         return dtype
     if device.type == "cuda":
@@ -307,7 +216,12 @@ def _resolve_compute_dtype(dtype: torch.dtype | str | None, device: torch.device
 
 @functools.lru_cache(maxsize=None)
 def _cpu_repacks_4bit() -> bool:
-    """True on CPUs where bitsandbytes uses its AVX512-BF16 4-bit inference kernel."""
+    """True on CPUs where bitsandbytes uses its AVX512-BF16 4-bit inference kernel.
+
+    bitsandbytes' own probe, on purpose, not :func:`hf_distill.utils.device.cpu_has_native_bf16`: ``Linear4bit`` sets
+    ``support_avx512bf16_for_cpu = has_avx512bf16()`` (a check in its native library), and that alone decides
+    whether it repacks; ours reads /proc/cpuinfo (Linux only) and also counts AMX-BF16, so the two can differ.
+    """
     try:
         from bitsandbytes.functional import has_avx512bf16
     except ImportError:

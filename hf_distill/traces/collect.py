@@ -18,10 +18,8 @@ and the result equals an uninterrupted run's. Filtering (``keep_only_verified``,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from datasets import Dataset, concatenate_datasets, load_from_disk
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from hf_distill.cache.writer import config_hash, first_difference
+from hf_distill.cache.writer import config_hash
 from hf_distill.data.reasoning import has_chat_template, plain_prompt
 from hf_distill.evaluation.answers import extract_answer
 from hf_distill.evaluation.generate import generate
@@ -41,7 +39,9 @@ from hf_distill.teacher.live import load_teacher, load_teacher_tokenizer
 from hf_distill.traces.config import TraceConfig
 from hf_distill.traces.templates import get_template
 from hf_distill.traces.verify import check_trace, dedupe_key
-from hf_distill.utils.io import fsync_dir, sha256_file, write_json_atomic
+from hf_distill.utils.fingerprint import fingerprint_bytes
+from hf_distill.utils.io import atomic_dir, atomic_path, sha256_file
+from hf_distill.utils.manifest import ShardManifest
 
 FORMAT_NAME, FORMAT_VERSION = "hf_distill.traces", 1
 MANIFEST = "manifest.json"
@@ -91,7 +91,7 @@ def collect_traces(
         "teacher": {"name": teacher_name, "config_sha256": config_hash(model)},
         "dataset": {"fingerprint": _dataset_fingerprint(dataset), "num_problems": len(dataset)},
     })
-    done = {entry["index"] for entry in manifest["shards"]}
+    done = manifest.finished(lambda entry: _intact(out, entry, manifest.path))
     num_shards = -(-len(dataset) // config.shard_size)
     for index in range(num_shards):
         if index in done:
@@ -99,13 +99,11 @@ def collect_traces(
         start, stop = index * config.shard_size, min(len(dataset), (index + 1) * config.shard_size)
         began = time.perf_counter()
         table = _sample_shard(model, tokenizer, dataset, golds, range(start, stop), config, template, seed=index)
-        manifest["shards"].append(_write_shard(out, index, table))
-        manifest["shards"].sort(key=lambda entry: entry["index"])
-        write_json_atomic(out / MANIFEST, manifest)
+        manifest.record(_write_shard(out, index, table))
         verified = sum(table.column("verified").to_pylist())
         log(f"traces: shard {index + 1}/{num_shards} (problems {start}-{stop - 1}): {table.num_rows} samples, "
             f"{verified} verified ({verified / max(table.num_rows, 1):.1%}), {time.perf_counter() - began:.1f} s")
-    traces = _assemble(out, manifest, dataset, teacher_name, template.name, config, tokenizer)
+    traces = _assemble(out, manifest.data, dataset, teacher_name, template.name, config, tokenizer)
     problems = len(set(traces["problem_id"]))
     log(f"traces: kept {len(traces)} traces covering {problems}/{len(dataset)} problems in {out / 'dataset'}")
     return traces
@@ -145,36 +143,26 @@ def _teacher(teacher, tokenizer, device: str | None) -> tuple[nn.Module, PreTrai
 
 def _dataset_fingerprint(dataset: Dataset) -> str:
     """Content hash of the problems in order (``Dataset._fingerprint`` is random for in-memory datasets)."""
-    digest = hashlib.sha256()
-    for question, answer in zip(dataset["question"], dataset["answer"], strict=True):
-        digest.update(json.dumps([question, answer]).encode())
-    return digest.hexdigest()[:16]
+    return fingerprint_bytes(json.dumps([question, answer]).encode()
+                             for question, answer in zip(dataset["question"], dataset["answer"], strict=True))
 
 
-def _start_manifest(out: Path, fields: dict) -> dict:
-    for stale in [*out.glob("shards/*.tmp*"), *out.glob(f"{MANIFEST}.tmp*")]:
-        stale.unlink()  # a write interrupted before its rename
-    for stale in out.glob(".dataset.tmp*"):
-        shutil.rmtree(stale)
-    path = out / MANIFEST
-    if not path.is_file():
-        manifest = {**fields, "shards": []}
-        write_json_atomic(path, manifest)
-        return manifest
-    manifest = json.loads(path.read_text())
-    difference = first_difference(manifest, fields)
-    if difference:
-        key, old, new = difference
-        raise TraceManifestMismatch(
+def _start_manifest(out: Path, fields: dict) -> ShardManifest:
+    def mismatch(key: str, old, new) -> TraceManifestMismatch:
+        return TraceManifestMismatch(
             f"{out} holds traces collected with {key} = {old!r}; this run has {new!r}. Fix: use another output "
             "directory, or rerun with the original settings to resume this one."
         )
-    for entry in manifest["shards"]:
-        shard = out / entry["file"]
-        if not shard.is_file() or sha256_file(shard) != entry["sha256"]:
-            raise TraceManifestMismatch(f"shard {shard} is missing or corrupt (sha256 differs from {path}). Fix: "
-                                        "delete it and remove its entry from the manifest, then rerun.")
-    return manifest
+
+    return ShardManifest.open(out / MANIFEST, fields, mismatch=mismatch, shard_folders=[out / "shards"])
+
+
+def _intact(out: Path, entry: dict, manifest: Path) -> bool:
+    shard = out / entry["file"]
+    if not shard.is_file() or sha256_file(shard) != entry["sha256"]:
+        raise TraceManifestMismatch(f"shard {shard} is missing or corrupt (sha256 differs from {manifest}). Fix: "
+                                    "delete it and remove its entry from the manifest, then rerun.")
+    return True
 
 
 def _sample_shard(model, tokenizer, dataset: Dataset, golds: list[str], rows: range, config: TraceConfig, template,
@@ -199,12 +187,8 @@ def _sample_shard(model, tokenizer, dataset: Dataset, golds: list[str], rows: ra
 
 def _write_shard(out: Path, index: int, table: pa.Table) -> dict:
     path = out / "shards" / f"shard-{index:05d}.parquet"
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as file:
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return {"index": index, "file": f"shards/{path.name}", "num_samples": table.num_rows, "sha256": sha256_file(path)}
 
 
@@ -248,10 +232,6 @@ def _assemble(out: Path, manifest: dict, dataset: Dataset, teacher: str, templat
     })
     problems = problems.remove_columns([c for c in extra.column_names if c in problems.column_names])
     traces = concatenate_datasets([problems.flatten_indices(), extra], axis=1)
-    final, staging = out / "dataset", out / f".dataset.tmp{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    traces.save_to_disk(str(staging))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
-    return load_from_disk(str(final))
+    with atomic_dir(out / "dataset") as staging:
+        traces.save_to_disk(str(staging))
+    return load_from_disk(str(out / "dataset"))

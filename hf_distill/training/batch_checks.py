@@ -11,6 +11,8 @@ from trl.trainer.sft_trainer import (
     DataCollatorForVisionLanguageModeling as TRLVisionCollator,
 )
 
+from hf_distill._compat import remove_unused_columns, signature_columns
+
 
 def check_not_empty(dataset, name: str) -> None:
     if isinstance(dataset, datasets.Dataset) and len(dataset) == 0:
@@ -50,13 +52,13 @@ def check_trial_batch(trainer: Trainer, num_examples: int = 2) -> None:
             "truncated away by `max_length` (and `truncation_mode`), and that tokenized `labels` are not all -100."
         )
     if isinstance(dataset, datasets.Dataset):
-        sample = trainer._remove_unused_columns(dataset.select(range(min(num_examples, len(dataset)))), "training")
+        sample = remove_unused_columns(trainer, dataset.select(range(min(num_examples, len(dataset)))), "training")
         examples = list(sample)
     else:
         examples = list(itertools.islice(iter(dataset), num_examples))
         if trainer.args.remove_unused_columns:
-            trainer._set_signature_columns_if_needed()
-            examples = [{k: v for k, v in ex.items() if k in trainer._signature_columns} for ex in examples]
+            columns = signature_columns(trainer)
+            examples = [{k: v for k, v in ex.items() if k in columns} for ex in examples]
     try:
         batch = trainer.data_collator(examples)
     except Exception as error:  # the collator's own message, with the fix for the common cause

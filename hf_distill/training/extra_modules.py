@@ -18,13 +18,13 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import TrainerCallback
 
+from hf_distill.utils.io import atomic_path
+
 
 def save_module(module: nn.Module, path: str | os.PathLike) -> None:
     """Atomic write: a crash never leaves a half-written file under the final name. Tied tensors are handled."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_model(module, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_model(module, str(tmp))
 
 
 def restore_extra_modules(modules: dict[str, nn.Module], checkpoint_dir: str | os.PathLike) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 from trl import SFTTrainer
 
+from hf_distill._compat import set_trainer_signature_columns, skips_text_preparation
 from hf_distill.data.chat import is_conversation, tokenize_conversations
 from hf_distill.training.batch_checks import uses_own_collator
 
@@ -30,6 +31,7 @@ class PreparingSFTTrainer(SFTTrainer):
         finally:
             args.assistant_only_loss = True
 
+    # Overrides of SFTTrainer's private methods (their signatures are checked in tests/test_compat.py).
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         if (self._assistant_only_loss is not False and formatting_func is None
                 and isinstance(processing_class, PreTrainedTokenizerBase) and is_conversation(next(iter(dataset), {}))):
@@ -38,8 +40,8 @@ class PreparingSFTTrainer(SFTTrainer):
         return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
 
     def _set_signature_columns_if_needed(self):
-        if self._skip_prepare_dataset and not self._is_vision_dataset:
-            return super(SFTTrainer, self)._set_signature_columns_if_needed()
+        if skips_text_preparation(self):  # a plain Trainer's columns: the model's forward arguments
+            return set_trainer_signature_columns(self)
         return super()._set_signature_columns_if_needed()
 
 

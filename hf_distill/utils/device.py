@@ -17,15 +17,20 @@ def default_device() -> torch.device:
 
 
 def has_bf16_accelerator() -> bool:
-    """A GPU/XPU that runs bfloat16: where `TrainingArguments(bf16=True)` is accepted without `use_cpu`."""
-    from accelerate.utils import is_bf16_available
+    """A GPU/XPU that runs bfloat16: where `TrainingArguments(bf16=True)` is accepted without `use_cpu`.
 
-    return default_device().type != "cpu" and is_bf16_available()
+    Asks transformers the very question its check asks, without creating a `PartialState`: that would start the
+    process group under a launcher before `TrainingArguments` does, and its `ddp_backend`/`ddp_timeout` would be
+    ignored.
+    """
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    return is_torch_bf16_gpu_available() or is_torch_xla_available()
 
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """CPUs with avx512_bf16/AMX run bf16 autocast 2-3.5x faster than float32; on others it is much slower."""
+    """CPUs with avx512_bf16/AMX run bf16 autocast faster than float32 (benchmarks/); on others it is much slower."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -41,11 +46,12 @@ def fast_bf16_available() -> bool:
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | str | None:
-    """``'float32'``/``'bfloat16'``/``'float16'`` -> the torch dtype; a dtype, ``None`` and ``'auto'`` unchanged."""
+def resolve_dtype(name: str | torch.dtype | None, what: str = "dtype") -> torch.dtype | str | None:
+    """``'float32'``/``'bfloat16'``/``'float16'`` -> the torch dtype; a dtype, ``None`` and ``'auto'`` unchanged.
+    ``what`` names the setting in the error (``"teacher dtype"``)."""
     if name is None or isinstance(name, torch.dtype) or name == "auto":
         return name
     try:
         return _DTYPES[name]
     except KeyError:
-        raise ValueError(f"Unknown dtype {name!r}. Use one of: auto, {', '.join(_DTYPES)}.") from None
+        raise ValueError(f"Unknown {what} {name!r}. Use one of: auto, {', '.join(_DTYPES)}.") from None

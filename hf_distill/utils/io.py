@@ -75,7 +75,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     complete or absent), on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
     os.chmod(staging, 0o755)  # mkdtemp makes it private; the finished folder is an ordinary one
     try:
         yield staging
@@ -85,3 +85,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         fsync_dir(path.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_partial(folder: str | os.PathLike) -> None:
+    """Delete what writes killed half-way (``kill -9``: no ``finally`` ran) left in ``folder``: the hidden
+    ``.NAME.tmp*`` files of :func:`atomic_path` and folders of :func:`atomic_dir`. Finished files are never touched."""
+    for stale in Path(folder).glob(".*.tmp*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
+from helpers import CORPUS, tiny_config
 from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from hf_distill import DistillationTrainer
-from tests.conftest import CORPUS, tiny_config
 
 
 @pytest.mark.real_model

@@ -4,8 +4,8 @@ plain prompt/completion data and evaluation for Gemma-3-270M, a base model with 
 from __future__ import annotations
 
 import pytest
-from conftest import small_student_of, tiny_config
 from datasets import Dataset
+from helpers import small_student_of, tiny_config
 from transformers import AutoTokenizer
 
 from hf_distill import DistillationTrainer

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import torch
-from conftest import gsm8k_folder, small_student_of
+from helpers import gsm8k_folder, small_student_of
 from transformers import AutoTokenizer
 
 from hf_distill.cache.format import CacheMismatchError
@@ -55,7 +55,7 @@ def test_train_with_a_gguf_teacher_evaluates_on_the_test_split_and_says_where_it
 ):
     out = tmp_path / "out"
     code = main(["train", "--model_name_or_path", str(student_dir), "--teacher_model_name_or_path",
-                 str(smollm2_gguf), "--dataset", str(gsm8k), "--dataset_test_split", "test[:4]", "--output_dir",
+                 str(smollm2_gguf), "--dataset_name", str(gsm8k), "--dataset_test_split", "test[:4]", "--output_dir",
                  str(out), "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2", *COMMON])
     assert code == 0
     evals = [entry for entry in _state(out)["log_history"] if "eval_loss" in entry]
@@ -68,7 +68,7 @@ def test_num_examples_and_split_slices_subset_any_dataset(student_dir, smollm2_d
                          (["--dataset_train_split", "train[:50%]", "--num_examples", "2"], 1)):
         out = tmp_path / f"out{steps}"
         code = main(["train", "--model_name_or_path", str(student_dir), "--teacher_model_name_or_path",
-                     str(smollm2_dir), "--dataset", str(gsm8k), "--output_dir", str(out), "--num_train_epochs", "1",
+                     str(smollm2_dir), "--dataset_name", str(gsm8k), "--output_dir", str(out), "--num_train_epochs", "1",
                      "--save_strategy", "steps", "--save_steps", "100", *extra, *COMMON])
         assert code == 0
         assert _state(out)["global_step"] == steps, extra
@@ -77,7 +77,7 @@ def test_num_examples_and_split_slices_subset_any_dataset(student_dir, smollm2_d
 def test_resume_from_checkpoint_continues_instead_of_retraining(student_dir, smollm2_dir, gsm8k, tmp_path):
     out = tmp_path / "run"
     base = ["train", "--model_name_or_path", str(student_dir), "--teacher_model_name_or_path", str(smollm2_dir),
-            "--dataset", str(gsm8k), "--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "1",
+            "--dataset_name", str(gsm8k), "--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "1",
             *COMMON]
     assert main([*base, "--max_steps", "2", "--seed", "1"]) == 0
     first = [e["loss"] for e in _state(out / "checkpoint-2")["log_history"] if "loss" in e]
@@ -91,12 +91,13 @@ def test_resume_from_checkpoint_continues_instead_of_retraining(student_dir, smo
 def test_cache_collected_at_another_max_length_names_the_field_and_both_values(student_dir, smollm2_dir, gsm8k,
                                                                                tmp_path):
     cache = tmp_path / "cache"
-    assert main(["cache-logits", "--teacher", str(smollm2_dir), "--dataset", str(gsm8k), "--num-examples", "4",
-                 "--out", str(cache), "--max-length", "128", "--top-k", "8", "--batch-size", "2"]) == 0
+    assert main(["cache-logits", "--teacher_model_name_or_path", str(smollm2_dir), "--dataset_name", str(gsm8k),
+                 "--num_examples", "4", "--output_dir", str(cache), "--max_length", "128", "--top_k", "8",
+                 "--batch_size", "2"]) == 0
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["dataset"]["num_examples"] == 4 and manifest["preparation"]["max_length"] == 128
     with pytest.raises(CacheMismatchError) as error:
-        main(["train", "--model_name_or_path", str(student_dir), "--teacher_cache", str(cache), "--dataset",
+        main(["train", "--model_name_or_path", str(student_dir), "--teacher_cache", str(cache), "--dataset_name",
               str(gsm8k), "--num_examples", "4", "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
               "--max_length", "256", "--report_to", "none", "--use_cpu", "true"])
     message = str(error.value)

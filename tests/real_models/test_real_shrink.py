@@ -8,13 +8,13 @@ import re
 
 import pytest
 import torch
+from helpers import skipping_layers
 from transformers import AutoModelForCausalLM
 
 from hf_distill.cascade import parse_recipe
 from hf_distill.cascade.plan import build_plan
 from hf_distill.models.build import count_parameters
 from hf_distill.models.shrink import ShrinkSpec, shrink_model
-from tests.test_shrink import skipping_layers
 
 pytestmark = pytest.mark.real_model
 

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest's tiny-model helpers
 
 import torch  # noqa: E402
-from conftest import make_llama, make_tokenizer, prompt_completion  # noqa: E402
+from helpers import make_llama, make_tokenizer, prompt_completion  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer  # noqa: E402
 

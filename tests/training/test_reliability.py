@@ -21,8 +21,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-from conftest import make_llama, prompt_completion, subprocess_env, tiny_config
 from datasets import Dataset
+from helpers import (
+    distillation_trainer,
+    make_llama,
+    prompt_completion,
+    subprocess_env,
+    tiny_config,
+)
 from safetensors.torch import load_file
 from transformers import Trainer
 
@@ -34,15 +40,12 @@ from hf_distill.cache.writer import collect_teacher_cache
 from hf_distill.losses.targets import NonFiniteTeacherError
 from hf_distill.teacher.vocab import VocabularyMismatchError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _trainer(tmp_path, tokenizer, student=None, teacher=None, dataset=None, **config):
-    student = student if student is not None else make_llama(len(tokenizer), 32, 1, seed=1)
-    teacher = teacher if teacher is not None else make_llama(len(tokenizer), 64, 2, seed=2)
     dataset = dataset if dataset is not None else prompt_completion(slice(0, 16))
-    return DistillationTrainer(student, tiny_config(tmp_path, **config), train_dataset=dataset,
-                               processing_class=tokenizer, teacher_model=teacher)
+    return distillation_trainer(tmp_path, tokenizer, student, teacher, dataset, **config)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import huggingface_hub
 import pytest
 from huggingface_hub import constants
 
-from hf_distill.hub import main as push_main
+from hf_distill.cli.push import main as push_main
 from hf_distill.hub import push_folder
 
 TOKEN = "hf_FAKEtoken0123456789abcdefghijklmnop"
@@ -68,7 +68,7 @@ def hub(monkeypatch):
 
 @pytest.fixture
 def model_dir(tmp_path, tokenizer):
-    from tests.conftest import make_llama
+    from helpers import make_llama
 
     folder = tmp_path / "model"
     model = make_llama(len(tokenizer), hidden=32, layers=1)
@@ -91,7 +91,7 @@ def test_push_uploads_safetensors_and_card_only(hub, model_dir):
 
 def test_token_is_sent_but_never_written_or_printed(hub, model_dir, monkeypatch, capsys, caplog):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    assert push_main([str(model_dir), "--repo-id", "alice/tiny"]) == 0
+    assert push_main([str(model_dir), "--repo_id", "alice/tiny"]) == 0
     assert f"Bearer {TOKEN}" in hub.auth  # the token did authenticate the requests...
     out = capsys.readouterr()
     assert TOKEN not in out.out + out.err + caplog.text  # ...but is in no output,
@@ -133,9 +133,9 @@ def test_cascade_stage_pushes_its_card_and_weights_without_leaking_the_token(hub
 
 def test_trainer_push_to_hub_uploads_our_card(hub, tmp_path, tokenizer, student):
     from datasets import Dataset
+    from helpers import CORPUS, make_llama, tiny_config
 
     from hf_distill import DistillationTrainer
-    from tests.conftest import CORPUS, make_llama, tiny_config
 
     teacher_dir = tmp_path / "my-teacher"
     make_llama(len(tokenizer), hidden=64, layers=2, seed=2).save_pretrained(teacher_dir)

@@ -13,8 +13,11 @@ from hf_distill.cascade import RecipeError, load_recipe, parse_recipe
 from hf_distill.cascade.plan import build_plan, parameter_count
 from hf_distill.cli.cascade import main as cascade_main
 
-# every cascade recipe, however deep; recipes/accelerate/ holds `accelerate launch` configs, not cascades
-RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
+# every cascade recipe, however deep (recipes/ and the package's, the demo's); recipes/accelerate/ holds
+# `accelerate launch` configs, not cascades
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted(p for folder in (ROOT / "recipes", ROOT / "hf_distill" / "recipes") for p in folder.rglob("*.yaml")
+                 if "accelerate" not in p.parts)
 
 BASE = {
     "name": "t",
@@ -38,13 +41,14 @@ def recipe_with(**changes):
 
 
 def test_every_shipped_recipe_validates_and_plans_offline():
-    assert len(RECIPES) >= 3
+    assert len(RECIPES) >= 4 and ROOT / "hf_distill" / "recipes" / "demo.yaml" in RECIPES
     for path in RECIPES:
         recipe = load_recipe(path)
         plans = build_plan(recipe)
         assert [p.name for p in plans] == [s.name for s in recipe.stages]
         assert all(p.student_params > 0 and p.total_memory > 0 for p in plans)
-        assert path.read_text().startswith("# hf-distill cascade recipes/"), "recipes start with their command"
+        command = f"# hf-distill cascade {path.relative_to(ROOT).as_posix()}"
+        assert path.read_text().startswith(command), f"{path.name} starts with the command that runs it"
 
 
 @pytest.mark.parametrize(
@@ -73,6 +77,12 @@ def test_every_shipped_recipe_validates_and_plans_offline():
         ({"stages__0__push_to_hub": {"private": True}}, r"push_to_hub: missing required key 'repo_id'"),
         ({"stages__0__traces": {"num_sample": 2}}, r"traces: unknown key 'num_sample' \(did you mean 'num_samples'"),
         ({"stages__0__traces": {"num_samples": 2}}, r"trace settings without `traces` in `method`"),
+        ({"stages__0__teacher_stage": "s1"}, r"stages\[0\] \(s1\)\.teacher_stage: 's1' is not a stage before this "
+                                             r"one; earlier stages: \[\] \(the first stage's teacher is "
+                                             r"`recipe.teacher`\)"),
+        ({"stages__0__baseline": "yes"}, r"baseline: true \(a side branch no later stage learns from\) or false"),
+        ({"teacher": None, "stages__0__method": "sft", "stages__0__student": {"model": "x"},
+          "stages__0__baseline": True}, r"a baseline is compared with its teacher, and this stage has none"),
     ],
 )
 def test_invalid_recipes_name_the_place_and_the_fix(changes, message):
@@ -135,3 +145,30 @@ def test_evaluation_can_be_switched_off_for_the_whole_recipe_or_one_stage():
     assert parse_recipe(recipe_with(evaluation=False)).stages[0].evaluation.enabled is False
     assert parse_recipe(recipe_with(stages__0__evaluation=False)).stages[0].evaluation.enabled is False
     assert parse_recipe(recipe_with(evaluation={"num_examples": 7})).stages[0].evaluation.num_examples == 7
+
+
+def branched(*later: dict) -> dict:
+    """BASE (s1: a shrink of the root, KD) followed by ``later`` stages."""
+    raw = recipe_with()
+    raw["stages"] += [{"method": "logit", "student": {"shrink": {"num_layers": 1}}, **stage} for stage in later]
+    return raw
+
+
+def test_a_baseline_branch_teaches_no_later_stage():
+    recipe = parse_recipe(branched({"name": "sft-arm", "method": "sft", "baseline": True}, {"name": "s2"}))
+    assert [(s.name, s.teacher_stage, s.baseline) for s in recipe.stages] == [
+        ("s1", None, False), ("sft-arm", "s1", True), ("s2", "s1", False)]  # s2 learns from s1, skipping the arm
+    plans = build_plan(recipe)
+    assert plans[2].teacher == "stage s1" and plans[2].teacher_params == plans[0].student_params
+    assert plans[1].baseline and plans[1].teacher == "-" and plans[1].student == "shrink of stage s1"
+
+
+def test_teacher_stage_names_an_earlier_stage_of_the_chain():
+    recipe = parse_recipe(branched({"name": "s2"}, {"name": "s3", "teacher_stage": "s1"}))
+    assert [s.teacher_stage for s in recipe.stages] == [None, "s1", "s1"]
+    assert build_plan(recipe)[2].teacher_params == build_plan(recipe)[0].student_params
+    with pytest.raises(RecipeError, match=r"stages\[1\] \(s2\)\.teacher_stage: 's' is not a stage before this one "
+                                          r"\(did you mean 's1'\?\)"):
+        parse_recipe(branched({"name": "s2", "teacher_stage": "s"}))
+    with pytest.raises(RecipeError, match=r"'arm' is a baseline, which teaches no stage"):
+        parse_recipe(branched({"name": "arm", "baseline": True}, {"name": "s3", "teacher_stage": "arm"}))

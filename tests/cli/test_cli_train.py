@@ -1,6 +1,8 @@
-"""`hf-distill train`: a whole run from command-line flags and from a YAML file, on local checkpoints."""
+"""`hf-distill train`: a whole run from command-line flags and from `--config FILE.yaml`, on local checkpoints."""
 
 from __future__ import annotations
+
+import json
 
 import yaml
 from transformers import AutoModelForCausalLM
@@ -22,19 +24,21 @@ def _checkpoints(tmp_path):
 def test_train_from_flags_writes_a_reloadable_student(tmp_path):
     student, teacher = _checkpoints(tmp_path)
     code = main(["train", "--model_name_or_path", str(student), "--teacher_model_name_or_path", str(teacher),
-                 "--dataset", "arithmetic", "--num_examples", "16", "--output_dir", str(tmp_path / "out"),
+                 "--dataset_name", "arithmetic", "--num_examples", "16", "--output_dir", str(tmp_path / "out"),
                  "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none",
                  "--kd_loss", "jsd", "--beta", "0.3", "--gradient_checkpointing", "false"])
     assert code == 0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.hidden_size == 16
 
 
-def test_train_from_yaml(tmp_path):
+def test_train_from_a_config_file_whose_values_flags_override(tmp_path):
     student, teacher = _checkpoints(tmp_path)
-    recipe = {"model_name_or_path": str(student), "teacher_model_name_or_path": str(teacher), "dataset": "arithmetic",
-              "num_examples": 8, "output_dir": str(tmp_path / "yaml-out"), "max_steps": 1, "report_to": "none",
-              "per_device_train_batch_size": 4, "temperature": 2.0, "gradient_checkpointing": False}
+    recipe = {"model_name_or_path": str(student), "teacher_model_name_or_path": str(teacher),
+              "dataset_name": "arithmetic", "num_examples": 8, "output_dir": str(tmp_path / "yaml-out"),
+              "max_steps": 3, "report_to": "none", "per_device_train_batch_size": 4, "temperature": 2.0,
+              "gradient_checkpointing": False}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    assert main(["train", str(path)]) == 0
+    assert main(["train", "--config", str(path), "--max_steps", "1"]) == 0
     assert (tmp_path / "yaml-out" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "yaml-out" / "trainer_state.json").read_text())["global_step"] == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_llama, prompt_completion, tiny_config
+from helpers import make_llama, prompt_completion, tiny_config
 from transformers import (
     AutoModelForCausalLM,
     BitsAndBytesConfig,

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_llama, prompt_completion, tiny_config
+from helpers import distillation_trainer, make_llama, tiny_config
 from transformers import AutoModelForCausalLM
 
-from hf_distill import DistillationTrainer
 from hf_distill.losses import LossSpec
 from hf_distill.objectives.codistill import teacher_loss
 
 
 def _trainer(tmp_path, tokenizer, teacher=None, **config):
-    student = make_llama(len(tokenizer), hidden=32, layers=1, seed=1)
-    teacher = teacher if teacher is not None else make_llama(len(tokenizer), hidden=64, layers=2, seed=2)
-    args = tiny_config(tmp_path, **{"co_distill": True, **config})
-    return DistillationTrainer(student, args, train_dataset=prompt_completion(), processing_class=tokenizer,
-                               teacher_model=teacher)
+    return distillation_trainer(tmp_path, tokenizer, teacher=teacher, **{"co_distill": True, **config})
 
 
 def test_teacher_loss_mirrors_the_student_loss():
@@ -101,3 +96,36 @@ def test_low_precision_teacher_is_refused(tmp_path, tokenizer):
     teacher = make_llama(len(tokenizer), hidden=64, layers=2).to(torch.bfloat16)
     with pytest.raises(ValueError, match="teacher_dtype='float32'"):
         _trainer(tmp_path, tokenizer, teacher=teacher)
+
+
+def test_codistill_term_is_the_teacher_loss_at_the_students_loss_tokens():
+    from types import SimpleNamespace
+
+    from hf_distill.objectives.codistill import codistill_term
+    from hf_distill.objectives.logit import LogitKD
+
+    torch.manual_seed(0)
+    b, t, h, v = 2, 6, 8, 13
+    teacher, student = torch.nn.Linear(h, v, bias=False), torch.nn.Linear(h, v, bias=False)
+    fake = lambda linear: type("M", (), {"get_output_embeddings": lambda self: linear})()  # noqa: E731
+    mask = torch.tensor([[True, False, True, True, False], [False, True, True, False, True]])  # (B, T-1)
+    states, student_rows = torch.randn(b, t, h), torch.randn(int(mask.sum()), h)
+    targets, spec = torch.randint(0, v, (int(mask.sum()),)), LossSpec("forward_kl", 1.0, 0.3, 0.5, 4)
+    logit = LogitKD(None, mask, student_rows, targets, 9.0)
+    live = SimpleNamespace(unwrapped=fake(teacher), use_head=True)
+    loss, sums = codistill_term(live, states, logit, fake(student), True, v, spec)
+    want = teacher_loss(states[:, :-1][mask], fake(teacher), True, student_rows, fake(student), True, v, targets, spec,
+                        9.0)
+    torch.testing.assert_close(loss, want.loss)
+    assert sums.keys() == {"teacher_kd_loss", "teacher_ce_loss"}
+    torch.testing.assert_close(sums["teacher_kd_loss"], want.kd_sum)
+
+
+def test_codistill_settings_are_checked_beside_co_distillation():
+    from types import SimpleNamespace
+
+    from hf_distill.objectives.codistill import check_codistill_settings
+
+    check_codistill_settings(SimpleNamespace(co_distill=True, teacher_learning_rate=1e-3, teacher_cache=None))
+    with pytest.raises(ValueError, match="set co_distill=True"):
+        check_codistill_settings(SimpleNamespace(co_distill=False, teacher_learning_rate=1e-3, teacher_cache=None))

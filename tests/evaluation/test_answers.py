@@ -72,6 +72,23 @@ def test_exact_match_accuracy():
         exact_match_accuracy([], [])
 
 
+def test_evaluate_reasoning_scores_its_generations_with_exact_match_accuracy(monkeypatch, tokenizer):
+    import importlib
+
+    import torch
+
+    evaluation = importlib.import_module("hf_distill.evaluation.generate")  # the package exports the function
+
+    texts, golds = ["#### 1", "The answer is 2", "#### 4", ""], ["#### 1", "#### 2", "#### 3", "#### 4"]
+    monkeypatch.setattr(evaluation, "generate", lambda model, tokenizer, prompts, *args: (texts[: len(prompts)], 1.0))
+    result = evaluation.evaluate_reasoning(torch.nn.Linear(2, 2), tokenizer, ["q"] * 4, golds)
+    assert result.accuracy == exact_match_accuracy(texts, golds) == 0.5
+    assert result.answers == ["1", "2", "4", None]
+    assert evaluation.evaluate_reasoning(torch.nn.Linear(2, 2), tokenizer, [], []).accuracy == 0.0  # no problems
+    with pytest.raises(ValueError, match="3 predictions for 4"):
+        evaluation.evaluate_reasoning(torch.nn.Linear(2, 2), tokenizer, ["q"] * 3, golds)
+
+
 @pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="GSM8K not found in /work/shared/data/gsm8k")
 def test_extract_answer_reads_every_gsm8k_gold_answer():
     answers = [json.loads(line)["answer"] for line in GSM8K_TEST.read_text().splitlines()]

@@ -7,13 +7,13 @@ with a checkpoint; these tests pin what replaced it.
 from __future__ import annotations
 
 from datasets import Dataset
+from helpers import CORPUS, make_llama, prompt_completion, tiny_config
 from huggingface_hub import ModelCard
 
 from hf_distill import DistillationTrainer
 from hf_distill.cache.writer import collect_teacher_cache
 from hf_distill.cards.refs import folder_name, hub_id, model_ref
 from hf_distill.cards.trainer import distillation_settings, final_metrics
-from tests.conftest import CORPUS, make_llama, prompt_completion, tiny_config
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import prompt_completion, tiny_config
 from datasets import Dataset
+from helpers import prompt_completion, tiny_config
 
 from hf_distill import DistillationConfig, DistillationTrainer
 from hf_distill.training.curriculum import (

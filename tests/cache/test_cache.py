@@ -11,16 +11,16 @@ import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
+from datasets import Dataset
+from helpers import (
     CORPUS,
+    GradCapture,
     interrupt_on_call,
     make_llama,
     make_tokenizer,
     prompt_completion,
     tiny_config,
 )
-from datasets import Dataset
-from transformers import TrainerCallback
 
 import hf_distill.cache.format as cache_module
 import hf_distill.cache.writer as collect_module
@@ -327,16 +327,8 @@ def test_teacher_cache_and_teacher_model_are_exclusive(tmp_path, tokenizer, teac
                             train_dataset=prompt_completion(slice(0, 24)), processing_class=tokenizer, teacher_model=teacher)
 
 
-class _GradCapture(TrainerCallback):
-    def __init__(self):
-        self.grads = []
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads.append({name: p.grad.detach().clone() for name, p in model.named_parameters()})
-
-
 def _train_and_capture(tmp_path, tokenizer, dataset, **teacher):
-    capture = _GradCapture()
+    capture = GradCapture()
     trainer = DistillationTrainer(
         make_llama(len(tokenizer), 32, 1, seed=1),
         tiny_config(tmp_path, max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
@@ -391,12 +383,13 @@ def test_cli_cache_logits_then_train_from_the_cache(tmp_path):
 
     student, teacher = _checkpoints(tmp_path)
     cache = tmp_path / "cache"
-    assert main(["cache-logits", "--teacher", str(teacher), "--dataset", "arithmetic", "--num-examples", "12",
-                 "--out", str(cache), "--top-k", "4", "--shard-size", "8", "--temperature", "1.5"]) == 0
+    assert main(["cache-logits", "--teacher_model_name_or_path", str(teacher), "--dataset_name", "arithmetic",
+                 "--num_examples", "12", "--output_dir", str(cache), "--top_k", "4", "--shard_size", "8",
+                 "--temperature", "1.5"]) == 0
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_shards"] == 2 and manifest["top_k"] == 4
     assert manifest["teacher"]["name_or_path"] == str(teacher) and manifest["preparation"]["max_length"] == 1024
-    assert main(["train", "--model_name_or_path", str(student), "--teacher_cache", str(cache), "--dataset",
+    assert main(["train", "--model_name_or_path", str(student), "--teacher_cache", str(cache), "--dataset_name",
                  "arithmetic", "--num_examples", "12", "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
                  "--per_device_train_batch_size", "4", "--report_to", "none", "--temperature", "1.5",
                  "--gradient_checkpointing", "false"]) == 0

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_llama, prompt_completion, tiny_config
+from helpers import make_llama, prompt_completion, tiny_config
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from hf_distill import DistillationTrainer
+from hf_distill.models.adapters import describe_adapter, merge_adapters
 from hf_distill.models.quantization import (
     _cpu_repacks_4bit,
-    describe_adapter,
     load_quantized,
-    merge_adapters,
     quantization_mode,
     with_quantization,
 )
@@ -169,3 +168,13 @@ def test_merged_lora_student_becomes_the_next_teacher(tmp_path, tokenizer, stude
 def test_merge_adapters_leaves_plain_models_alone_and_describe_adapter_is_none(student):
     assert merge_adapters(student) is student
     assert describe_adapter(student) is None
+
+
+def test_the_old_quantization_path_still_finds_the_adapter_functions_for_one_release():
+    import hf_distill.quantization as old
+
+    for name in ("describe_adapter", "merge_adapters"):
+        with pytest.warns(DeprecationWarning, match=f"import {name} from hf_distill.models.adapters"):
+            assert getattr(old, name) is globals()[name]
+    with pytest.warns(DeprecationWarning, match="from hf_distill.models.quantization"):
+        assert old.load_quantized is load_quantized

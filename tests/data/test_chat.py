@@ -4,8 +4,8 @@ tokenizers that have no chat template at all."""
 import logging
 
 import pytest
-from conftest import make_llama, make_tokenizer, tiny_config
 from datasets import Dataset
+from helpers import make_llama, make_tokenizer, tiny_config
 from tokenizers import decoders
 
 from hf_distill import DistillationTrainer

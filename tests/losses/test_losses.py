@@ -306,3 +306,40 @@ def test_a_second_backward_through_the_loss_fails_with_a_clear_error():
     out.loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward pass"):
         out.loss.backward()
+
+
+# ---- the default chunk size: one rule (losses.chunked.default_chunk_size) for LossSpec and the trainer -------------
+def test_default_chunk_size_rule():
+    from hf_distill.losses import default_chunk_size
+
+    assert default_chunk_size(32768) == 128 and default_chunk_size(262144) == 128  # 2**25 / 262144 = 128
+    assert default_chunk_size(2**20) == 64  # never under 64
+    assert default_chunk_size(32768, sparse=True) == 128 and default_chunk_size(2**16, sparse=True) == 64
+
+
+def test_loss_spec_auto_chunks_by_the_rule_the_trainer_uses(monkeypatch, tmp_path):
+    from hf_distill import DistillationConfig
+    from hf_distill.losses import chunked
+
+    assert LossSpec().chunk_size == "auto"
+    config = DistillationConfig(output_dir=str(tmp_path), report_to=[])
+    for sparse in (False, True):
+        assert config.loss_spec(123, sparse).chunk_size == chunked.default_chunk_size(123, sparse)
+    asked = []
+    monkeypatch.setattr(chunked, "default_chunk_size", lambda vocab, sparse=False: asked.append((vocab, sparse)) or 47)
+    h, w, b, th, tw, y = _problem()
+    teacher = DenseTeacherSignal(th, 123, tw)
+    auto = fused_distillation_loss(h, w, b, teacher, y, LossSpec("reverse_kl"))
+    explicit = fused_distillation_loss(h, w, b, teacher, y, LossSpec("reverse_kl", chunk_size=47))
+    assert asked == [(123, False)]
+    torch.testing.assert_close(auto.loss, explicit.loss, rtol=0, atol=0)  # the same chunks, so the same sums
+
+
+@pytest.mark.parametrize("chunk_size", ["auto", None, 1, 1024])
+def test_loss_spec_accepts_auto_none_and_positive_chunk_sizes(chunk_size):
+    assert LossSpec(chunk_size=chunk_size).chunk_size == chunk_size
+
+
+def test_loss_spec_rejects_other_chunk_size_strings():
+    with pytest.raises(ValueError, match="'auto' or None"):
+        LossSpec(chunk_size="big")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from conftest import interrupt_on_call, make_llama, make_tokenizer, tiny_config
 from datasets import Dataset
+from helpers import interrupt_on_call, make_llama, make_tokenizer, tiny_config
 from tokenizers import decoders
 from torch import nn
 from transformers import PretrainedConfig
@@ -225,8 +225,9 @@ def test_cli_samples_a_real_model_on_gsm8k_jsonl(tmp_path, chat_tokenizer):
     (tmp_path / "gsm8k.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
     build_llama(chat_tokenizer, ModelSize(32, 1, 2)).save_pretrained(tmp_path / "teacher")
     chat_tokenizer.save_pretrained(tmp_path / "teacher")
-    code = cli_main(["traces", "--teacher", str(tmp_path / "teacher"), "--dataset", str(tmp_path / "gsm8k.jsonl"),
-                     "--output_dir", str(tmp_path / "out"), "--num_samples", "2", "--max_new_tokens", "6",
+    code = cli_main(["traces", "--teacher_model_name_or_path", str(tmp_path / "teacher"),
+                     "--dataset_name", str(tmp_path / "gsm8k.jsonl"), "--output_dir", str(tmp_path / "out"),
+                     "--num_samples", "2", "--max_new_tokens", "6",
                      "--no_keep_only_verified", "--no_dedupe"])
     assert code == 0
     from datasets import load_from_disk

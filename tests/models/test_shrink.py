@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import pytest
 import torch
 import yaml
+from helpers import make_llama, skipping_layers
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -20,7 +19,6 @@ from hf_distill.models.shrink import (
     shrink_model,
     shrunk_config,
 )
-from tests.conftest import make_llama
 
 # Tiny decoders of each family transformers ships (hidden 64, 4 layers, 4 heads of 16, 2 kv heads), with the
 # per-layer variety that a shrink must carry over: sliding/full layer types (window 4 < the 9 test tokens), NoPE layers.
@@ -46,26 +44,6 @@ def family_model(model_type: str) -> nn.Module:
         for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))
     return model
-
-
-class _PassThrough(nn.Module):
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
-
-
-@contextmanager
-def skipping_layers(layers: nn.ModuleList, keep: list[int]):
-    """The reference for a layer drop: every layer not in ``keep`` passes the residual stream through, the kept ones
-    keep their own index (hence their sliding window, RoPE or NoPE, ...)."""
-    original = list(layers)
-    for i in range(len(layers)):
-        if i not in keep:
-            layers[i] = _PassThrough()
-    try:
-        yield
-    finally:
-        for i, layer in enumerate(original):
-            layers[i] = layer
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_llama, prompt_completion, tiny_config
+from helpers import distillation_trainer, make_llama, prompt_completion, tiny_config
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -121,9 +121,7 @@ def test_identity_projector_refuses_different_widths():
 def _trainer(tmp_path, tokenizer, student=None, teacher=None, **config):
     student = student if student is not None else make_llama(len(tokenizer), hidden=32, layers=2, seed=1)
     teacher = teacher if teacher is not None else make_llama(len(tokenizer), hidden=64, layers=4, seed=2)
-    args = tiny_config(tmp_path, **{"feature_weight": 1.0, **config})
-    return DistillationTrainer(student, args, train_dataset=prompt_completion(), processing_class=tokenizer,
-                               teacher_model=teacher)
+    return distillation_trainer(tmp_path, tokenizer, student, teacher, **{"feature_weight": 1.0, **config})
 
 
 def _one_backward(trainer):
