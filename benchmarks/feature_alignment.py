@@ -92,7 +92,8 @@ def interleaved_step_times(arms: dict, demo: Path, out: Path, settings: DemoSett
         student = make_demo_student(tokenizer, teacher, settings.seed, init)
         trainers[name] = DistillationTrainer(student, args, train_dataset=to_prompt_completion(data["train"]),
                                              processing_class=tokenizer, teacher_model=teacher)
-    loader = iter(next(iter(trainers.values())).get_train_dataloader())
+    dataloader = next(iter(trainers.values())).get_train_dataloader()
+    loader = (batch for _ in iter(int, 1) for batch in dataloader)  # epoch after epoch: a small demo has few batches
     times = {name: [] for name in arms}
     for step in range(steps + 1):  # the first round warms up
         batch = next(loader)

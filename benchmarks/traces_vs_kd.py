@@ -55,6 +55,8 @@ def parse_args(argv=None):
     parser.add_argument("--alpha", type=float, default=0.8, help="CE weight of the KD arms")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--keep-unverified", action="store_true",
+                        help="train on every trace, verified or not (smoke runs with an untrained toy teacher)")
     return parser.parse_args(argv)
 
 
@@ -108,7 +110,8 @@ def main(argv=None) -> None:
 
     began = time.perf_counter()
     trace_config = TraceConfig(num_samples=args.num_samples, temperature=args.temperature, seed=args.seed,
-                               max_new_tokens=args.max_new_tokens, batch_size=64, shard_size=512)
+                               max_new_tokens=args.max_new_tokens, batch_size=64, shard_size=512,
+                               keep_only_verified=not args.keep_unverified)
     traces = collect_traces(teacher, tokenizer, train, out / "trace_data", trace_config)
     trace_seconds = time.perf_counter() - began
 

@@ -8,6 +8,7 @@ from typing import Any
 from transformers import TrainingArguments
 from trl import SFTConfig
 
+from hf_distill.cross_tokenizer.settings import CrossTokenizerArguments
 from hf_distill.features.settings import check_feature_settings
 from hf_distill.losses import LossSpec
 from hf_distill.losses.chunked import (
@@ -16,17 +17,22 @@ from hf_distill.losses.chunked import (
 from hf_distill.losses.divergences import DIVERGENCES
 from hf_distill.models.quantization import QUANTIZATION_MODES
 from hf_distill.objectives.codistill import check_codistill_settings
+from hf_distill.on_policy.settings import OnPolicyArguments
+from hf_distill.served.settings import ServedTeacherArguments
 from hf_distill.training.redact import RedactedTokens
 from hf_distill.utils.device import has_bf16_accelerator
 
 
 @dataclass(repr=False)  # RedactedTokens' repr: a dataclass one would print `hub_token`
-class DistillationConfig(RedactedTokens, SFTConfig):
+class DistillationConfig(RedactedTokens, ServedTeacherArguments, CrossTokenizerArguments, OnPolicyArguments, SFTConfig):
     """Configuration for :class:`~hf_distill.DistillationTrainer`.
 
     Everything from `SFTConfig`/`TrainingArguments` works as usual; the fields below only describe the teacher and
     the loss ``(alpha * CE + (1 - alpha) * T**2 * divergence(teacher || student)) / num_loss_tokens``.
-    Works with `HfArgumentParser` (command line, JSON, YAML) like any TrainingArguments subclass.
+    Works with `HfArgumentParser` (command line, JSON, YAML) like any TrainingArguments subclass. The fields of a
+    served teacher (:mod:`hf_distill.served.settings`), of cross-tokenizer distillation
+    (:mod:`hf_distill.cross_tokenizer.settings`) and of on-policy distillation (:mod:`hf_distill.on_policy.settings`:
+    ``lmbda``, ``seq_kd``, sampling) live beside the code that uses them.
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -176,6 +182,9 @@ class DistillationConfig(RedactedTokens, SFTConfig):
         _check_teacher_quantization(self)
         check_feature_settings(self)
         check_codistill_settings(self)
+        self.check_served_teacher_settings()
+        self.check_cross_tokenizer_settings()
+        self.check_on_policy_settings()
         if self.curriculum is not None and self.train_sampling_strategy != "random":
             raise ValueError(f"curriculum={self.curriculum!r} sets the order of training examples itself: drop "
                              f"train_sampling_strategy={self.train_sampling_strategy!r} or curriculum.")

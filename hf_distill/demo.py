@@ -1,11 +1,16 @@
 """`hf-distill demo`: distil a reasoning task end to end on a CPU, with nothing downloaded.
 
 The demo is a cascade recipe, ``hf_distill/recipes/demo.yaml`` (shipped in the package), run by
-:class:`~hf_distill.cascade.runner.CascadeRunner`: arithmetic word problems in GSM8K format and a byte-level BPE
-trained on them, a small Llama ``teacher`` trained by SFT, ``student-kd`` (a >= 4x smaller Llama cut out of the
-teacher's weights, :mod:`hf_distill.models.shrink`, distilled with logit KD) and ``student-sft`` (the same student
-trained by SFT only: a baseline branch of the cascade). :class:`DemoSettings` are the demo's knobs;
-:func:`demo_recipe` writes them into the recipe. Finished stages are reused on a rerun from the cascade's manifest.
+:class:`~hf_distill.cascade.runner.CascadeRunner`, in the setting where distillation pays ("Distilling step-by-step",
+Hsieh et al. 2023): the student's owner has a few hundred labelled problems, and a teacher trained on many more.
+Arithmetic word problems in GSM8K format and a byte-level BPE trained on them; a small Llama ``teacher`` trained by SFT
+on ``teacher_examples`` labelled problems; ``student-kd`` (a >= 4x smaller Llama cut out of the teacher's weights,
+:mod:`hf_distill.models.shrink`) trained on ``unlabelled`` questions the teacher never saw, answered by the teacher
+(greedy traces, never checked against a gold answer) with logit KD on them; and ``student-sft``, the same student
+trained by SFT on the ``labelled`` problems it has (a baseline branch of the cascade). :class:`DemoSettings` are the
+demo's knobs; :func:`demo_recipe` writes them into the recipe. Finished stages are reused on a rerun from the
+cascade's manifest. The table reports each accuracy's standard error over the ``n_test`` held-out problems and the
+paired standard error of the two students' difference.
 
 Under the output directory: the cascade's layout (``manifest.json``, ``tokenizer/``, ``stages/<name>/model/``, ...),
 ``results.json`` (the cascade's lineage plus the demo's table: ``rows``, ``seconds``), and, to reload the models by
@@ -28,6 +33,7 @@ import yaml
 
 from hf_distill.cascade.recipe import Recipe, parse_recipe
 from hf_distill.cascade.runner import CascadeRunner
+from hf_distill.evaluation.answers import answers_match
 from hf_distill.evaluation.generate import answer_agreement
 from hf_distill.models.build import ModelSize
 from hf_distill.models.shrink import ShrinkSpec
@@ -43,7 +49,10 @@ class DemoSettings:
     """Everything that determines the demo's results; the defaults are the shipped recipe's values."""
 
     seed: int = 0
-    n_train: int = 6000
+    n_train: int = 6000  # generated training problems: the teacher's, then the unlabelled questions
+    teacher_examples: int = 4000  # labelled problems the teacher trains on (the first ones)
+    labelled: int = 300  # the student's labelled problems (the first ones: the teacher had them too)
+    unlabelled: int = 2000  # questions after the teacher's, answered by the teacher for student-kd
     n_test: int = 200
     max_value: int = 50
     min_steps: int = 1
@@ -59,22 +68,30 @@ class DemoSettings:
     batch_size: int = 32
     teacher_lr: float = 3e-3
     student_lr: float = 3e-3
-    kd_loss: str = "reverse_kl"  # measured 54.5% vs 42.0% for forward_kl on this student (alpha 0.8)
+    kd_loss: str = "forward_kl"
     temperature: float = 1.0
-    alpha: float = 0.8
+    alpha: float = 0.5  # CE on the teacher's trace tokens, plus KL to its distribution at each of them
     max_new_tokens: int = 64
+
+    def __post_init__(self):
+        if self.teacher_examples + self.unlabelled > self.n_train or self.labelled > self.teacher_examples:
+            raise ValueError(f"demo: need labelled ({self.labelled}) <= teacher_examples ({self.teacher_examples}) "
+                             f"and teacher_examples + unlabelled ({self.unlabelled}) <= n_train ({self.n_train})")
 
     @classmethod
     def fast(cls) -> "DemoSettings":
         """A seconds-long run for tests and smoke checks: same pipeline, toy sizes."""
-        return cls(n_train=64, n_test=8, vocab_size=300, teacher=ModelSize(32, 1, 2),
+        return cls(n_train=64, n_test=8, teacher_examples=32, labelled=8, unlabelled=32, vocab_size=300,
+                   teacher=ModelSize(32, 1, 2),
                    student=ShrinkSpec(hidden_size=16, intermediate_size=32, num_attention_heads=1),
                    teacher_steps=3, student_steps=3, batch_size=8, max_new_tokens=24)
 
 
 @dataclass
 class DemoResult:
-    rows: dict[str, dict[str, float]] = field(default_factory=dict)  # by stage: accuracy, agreement, size, speed
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)  # by stage: accuracy (+ s.e.), agreement, ...
+    # student-kd minus student-sft on the same n problems, with the paired standard error of that difference
+    comparison: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # training time of the stages trained by this run
 
 
@@ -115,6 +132,10 @@ def demo_recipe(settings: DemoSettings | None = None) -> Recipe:
     teacher, kd, sft = ({st["name"]: st for st in raw["stages"]}[name] for name in STAGES)
     teacher["student"]["config"].update(_llama_config(s.teacher))
     teacher["training"].update(_schedule(s.teacher_steps, s.teacher_lr, s.batch_size))
+    teacher["data"] = {"train_split": f"train[:{s.teacher_examples}]"}
+    kd["data"] = {"train_split": f"train[{s.teacher_examples}:{s.teacher_examples + s.unlabelled}]"}
+    sft["data"] = {"train_split": f"train[:{s.labelled}]"}
+    kd["traces"]["max_new_tokens"] = s.max_new_tokens
     for stage in (kd, sft):
         stage["student"]["shrink"] = _shrink(s.student)
         stage["training"].update(_schedule(s.student_steps, s.student_lr, s.batch_size))
@@ -139,20 +160,35 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, log=prin
     if runner.trained or not (runner.root / "data").is_dir():  # new data retrains the teacher, so all stages
         _save_data(runner)
     result = DemoResult()
+    test = runner.dataset(runner.recipe.stages[0])["test"]
+    golds = list(test["answer"])
+    correct = {}
     for name in STAGES:
         metrics = manifest["stages"][name]["metrics"]
+        evaluated = json.loads((runner.root / "stages" / name / "eval.json").read_text())
         agreement = metrics.get("agreement_with_teacher")
         if agreement is None:  # the teacher, with itself: 1.0 unless it never gives a final answer
-            answers = json.loads((runner.root / "stages" / name / "eval.json").read_text())["answers"]
-            agreement = answer_agreement(answers, answers)
-        result.rows[name] = {"accuracy": metrics["accuracy"], "agreement_with_teacher": agreement,
-                             "parameters": metrics["parameters"], "tokens_per_second": metrics["tokens_per_second"]}
+            agreement = answer_agreement(evaluated["answers"], evaluated["answers"])
+        correct[name] = torch.tensor([float(answers_match(text, gold))  # as the stage's accuracy counts them
+                                      for text, gold in zip(evaluated["generations"], golds)])
+        n = len(correct[name])
+        result.rows[name] = {"accuracy": metrics["accuracy"], "accuracy_se": _standard_error(correct[name]),
+                             "n": n, "agreement_with_teacher": agreement, "parameters": metrics["parameters"],
+                             "tokens_per_second": metrics["tokens_per_second"]}
         if name in runner.trained:
             result.seconds[name] = metrics["train_seconds"]
+    difference = correct["student-kd"] - correct["student-sft"]  # paired: the same problems
+    result.comparison = {"n": len(difference), "difference": float(difference.mean()),
+                         "se": _standard_error(difference)}
     result.seconds["total"] = time.perf_counter() - began
     results = runner.root / "results.json"  # the cascade's lineage, and the demo's table beside it
     write_json_atomic(results, {**json.loads(results.read_text()), **asdict(result)})
     return result
+
+
+def _standard_error(values: torch.Tensor) -> float:
+    """Standard error of the mean of per-problem values (0/1 correct, or a paired difference of two of them)."""
+    return float(values.std(unbiased=True) / len(values) ** 0.5) if len(values) > 1 else float("nan")
 
 
 def _link_models(root: Path) -> None:

@@ -8,6 +8,7 @@ batch checks in :mod:`hf_distill.training.batch_checks`.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
@@ -45,6 +46,7 @@ from hf_distill.objectives.codistill import (
     unfreeze_teacher,
 )
 from hf_distill.objectives.logit import logit_distillation
+from hf_distill.on_policy import attach_on_policy, refuse_cache_when_generating
 from hf_distill.teacher.live import LiveTeacher, load_teacher, load_teacher_tokenizer
 from hf_distill.teacher.vocab import check_same_tokenizer, shared_vocab_size
 from hf_distill.training.batch_checks import (
@@ -99,11 +101,14 @@ class DistillationTrainer(PreparingSFTTrainer):
         args = DistillationConfig.from_training_args(args, f"{os.path.basename(str(model_name))}-distilled")
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         teacher_cache = teacher_cache if teacher_cache is not None else args.teacher_cache
-        if (teacher_model is None) == (teacher_cache is None):
+        sources = {"teacher_model": teacher_model, "teacher_cache": teacher_cache, "teacher_url": args.teacher_url}
+        given = [name for name, value in sources.items() if value is not None]
+        if len(given) != 1:
             raise ValueError(
                 "DistillationTrainer needs one teacher: pass `teacher_model=` (a model or a path) or set "
                 "`teacher_model_name_or_path` in DistillationConfig, or pass `teacher_cache=` (a directory written by "
-                "`hf-distill cache-logits`)" + (", not both." if teacher_model is not None else ".")
+                "`hf-distill cache-logits`), or set `teacher_url` (an OpenAI-compatible server)"
+                + (f"; got {' and '.join(given)}: keep one." if given else ".")
             )
         check_not_empty(train_dataset, "train_dataset")
         check_columns(train_dataset, args.dataset_text_field)
@@ -115,11 +120,15 @@ class DistillationTrainer(PreparingSFTTrainer):
         keep_4bit_trainable(self.model)  # a QLoRA student must not switch to bnb's CPU inference kernel after eval
         self._forward_redirection = forward_redirection()
         self._aligned, self._extra_modules, self._extra_param_groups = None, {}, []  # see _setup_latent_alignment
+        self._objective = None  # an objective of its own (cross-tokenizer), called in place of the logit KD
         if teacher_cache is not None:
-            self._use_cache(teacher_cache if isinstance(teacher_cache, TeacherCache) else TeacherCache(teacher_cache))
+            self._use_cache(teacher_cache)
+        elif args.teacher_url is not None:
+            self._use_served_teacher()
         check_trial_batch(self)  # before a live teacher is loaded: bad data fails fast
-        if teacher_cache is None:
+        if teacher_model is not None:
             self._use_live_teacher(teacher_model, teacher_processing_class)
+        self._on_policy = attach_on_policy(self)  # None unless lmbda > 0 or seq_kd (hf_distill.on_policy)
 
     def _use_live_teacher(self, teacher_model, teacher_processing_class) -> None:
         args = self.args
@@ -128,6 +137,8 @@ class DistillationTrainer(PreparingSFTTrainer):
             teacher_model, args.teacher_dtype, args.teacher_model_init_kwargs, trust_remote_code=args.trust_remote_code,
             quantization=args.teacher_quantization, device=args.teacher_device,
         )
+        if args.cross_tokenizer is not None:
+            return self._use_cross_tokenizer_teacher(teacher, teacher_tokenizer)
         if teacher_tokenizer is not None:
             check_same_tokenizer(sft_tokenizer(self), teacher_tokenizer)
         self.vocab_size = shared_vocab_size(
@@ -168,9 +179,15 @@ class DistillationTrainer(PreparingSFTTrainer):
         device = self.accelerator.device
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def _use_cache(self, cache: TeacherCache) -> None:
+    def _use_cache(self, cache: str | os.PathLike | TeacherCache) -> None:
+        refuse_cache_when_generating(self.args)
+        if self.args.cross_tokenizer is not None:  # `teacher_cache=` given to the trainer, not through the config
+            raise ValueError(f"cross_tokenizer={self.args.cross_tokenizer!r} cannot use a teacher cache: the cache "
+                             "stores the teacher's log-probabilities over the student's ids. Distil across tokenizers "
+                             "with a live teacher (`teacher_model=`), or drop cross_tokenizer.")
         require_live_teacher_for_features(self.args, uses_cache=True)
         require_live_teacher_for_codistill(self.args, uses_cache=True)
+        cache = cache if isinstance(cache, TeacherCache) else TeacherCache(cache)
         evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
         datasets = {"train_dataset": self.train_dataset, **{k: v for k, v in evals.items() if v is not None}}
         cache.check(tokenizer=sft_tokenizer(self), student_vocab_rows=output_vocab_size(self.model),
@@ -178,6 +195,18 @@ class DistillationTrainer(PreparingSFTTrainer):
         self.data_collator = KeyedCollator(self.data_collator)  # batches carry their examples' cache keys
         self.teacher, self.vocab_size = CachedTeacher(cache), cache.vocab_size
         self.loss_spec = self.args.loss_spec(self.vocab_size, sparse=True)
+
+    def _use_served_teacher(self) -> None:
+        """A teacher behind an OpenAI-compatible server scores each batch over HTTP (hf_distill.served.online)."""
+        from hf_distill.served.online import attach_served_teacher
+
+        attach_served_teacher(self)  # sets self.teacher, self.vocab_size, self.loss_spec
+
+    def _use_cross_tokenizer_teacher(self, teacher: nn.Module, teacher_tokenizer) -> None:
+        """A teacher with its own tokenizer (hf_distill.cross_tokenizer): its own ids, aligned by text offsets."""
+        from hf_distill.cross_tokenizer.objective import attach_cross_tokenizer
+
+        attach_cross_tokenizer(self, teacher, teacher_tokenizer)  # sets self.teacher, self._objective, ...
 
     def _place_teacher(self, teacher: nn.Module, device: str | None) -> LiveTeacher:
         if self.is_deepspeed_enabled:
@@ -210,6 +239,14 @@ class DistillationTrainer(PreparingSFTTrainer):
             return super()._get_train_sampler(train_dataset)
         return curriculum_sampler(self, train_dataset if train_dataset is not None else self.train_dataset)
 
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """One optimizer step's micro-batches and ``num_items_in_batch``. With ``lmbda > 0`` or ``seq_kd``, batches
+        are completed by the student (or teacher) first, so the count is of the tokens actually trained on."""
+        if self._on_policy is None:  # the dataset's completions: transformers' own path
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        batches = self._on_policy.complete(list(itertools.islice(epoch_iterator, num_batches)), self.state.global_step)
+        return super().get_batch_samples(iter(batches), len(batches), device)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Run the whole loss inside the (DDP/FSDP/DeepSpeed) wrapper's forward, so its hooks see the lm_head use.
         unwrapped = self.accelerator.unwrap_model(model)
@@ -231,6 +268,8 @@ class DistillationTrainer(PreparingSFTTrainer):
         # backbone directly: enter that same autocast here, as SFTTrainer's forward does (a no-op in float32). The
         # teacher follows it where its dtype allows (LiveTeacher); the loss math stays float32 (losses.chunked).
         with self.accelerator.autocast():
+            if self._objective is not None:  # cross-tokenizer: hf_distill.cross_tokenizer
+                return self._objective(student, inputs, num_items_in_batch)
             if self._aligned is not None:  # feature alignment and/or co-distillation: hf_distill.objectives.aligned
                 return self._aligned(student, inputs, num_items_in_batch)
             use_head = has_plain_output_head(student)

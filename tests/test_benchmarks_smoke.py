@@ -57,7 +57,8 @@ def test_demo_based_experiments_run_on_a_fast_demo(tmp_path):
          "--n-test", "4", "--timing-steps", "1")
     assert {"kd", "kd+features"} <= {p.name for p in (tmp_path / "features").iterdir()}
     proc = _run("traces_vs_kd.py", "--demo-dir", str(demo), "--out", str(tmp_path / "traces"), "--problems", "8",
-                "--steps", "2", "--batch-size", "4", "--student", "16,1,2", "--max-new-tokens", "16")
+                "--steps", "2", "--batch-size", "4", "--student", "16,1,2", "--max-new-tokens", "16",
+                "--keep-unverified")  # a 3-step toy teacher may verify none of its traces
     assert "traces+kd" in proc.stdout
 
 

@@ -4,14 +4,21 @@ A cache is a directory written by :func:`hf_distill.cache.writer.collect_teacher
 cache-logits``)::
 
     manifest.json          format version, teacher, tokenizer/dataset fingerprints, k, temperature, dtypes, shards
-    shard-00000.arrow      Arrow IPC stream, one row per example: key, num_tokens,
-    shard-00001.arrow      token_ids (num_tokens x k, uint16 if the vocabulary fits, else int32),
-    ...                    logprobs (num_tokens x k, float16), tail_logprob (num_tokens, float32)
+    shard-00000.arrow      Arrow IPC stream of zstd-compressed record batches ("blocks" of ~1024 loss tokens),
+    shard-00001.arrow      one row per example: key, num_tokens, and the example's token ids, log-probs and tail
+    ...                    as byte planes (format 2, :mod:`hf_distill.cache.encoding`)
 
 Rows hold the tokens that carry loss (next-token label not ``-100``), in sequence order. ``logprobs`` are the
 teacher's ``log_softmax(logits / T)`` at its k most likely tokens, ``tail_logprob`` the log of the mass left over;
-:class:`~hf_distill.losses.targets.SparseTeacherSignal` documents the loss built on them. Any shard can be inspected
-with ``datasets.Dataset.from_file(path)``.
+:class:`~hf_distill.losses.targets.SparseTeacherSignal` documents the loss built on them.
+
+**Format 2** (what the collector writes; the manifest's ``format_version`` decides how a cache is read) stores token ids
+at the ``ceil(log2 V)`` bits the vocabulary needs (``dtypes.token_ids``, e.g. ``uint18`` at 262,144) and log-probs
+on a 1/1024-nat grid as gaps between the sorted values (``dtypes.logprobs = "grid1024"``; ``"float32"`` keeps them
+exactly), with the tail in float32: 93 bytes per token at k = 32 on SmolLM2 (format 1: 132), 99 on Gemma-3 (198),
+with a storage error below format 1's float16 (see the README's cache section, ``benchmarks/cache.py --fidelity``).
+**Format 1** caches (one record batch: ``token_ids`` uint16/int32, ``logprobs`` float16/float32, ``tail_logprob``
+float32 as list columns) are still read; any format-1 shard can be inspected with ``datasets.Dataset.from_file``.
 
 **Keys.** An example is found by its content, not its position: its key is the first 8 bytes of BLAKE2b over its
 tokenized ``input_ids`` and ``labels`` (see :func:`example_key`), computed from the examples the collator receives.
@@ -21,10 +28,10 @@ truncation or loss mask gives a different key. The dataset fingerprint is a hash
 trainer accepts any dataset whose examples are all in the cache (a subset included), and names ``dataset_fingerprint``
 in its error otherwise. Duplicate examples are stored once.
 
-**Reads** are memory-mapped (``pyarrow.memory_map``, zero-copy): opening a cache keeps only the keys and an index in
-RAM (24 bytes per example) and each batch copies just its own rows. Opening verifies every shard's sha256, which
-reads the whole cache once (about 1 s per GB on one core); pass ``TeacherCache(path, verify=False)`` to check sizes
-only.
+**Reads** are memory-mapped (``pyarrow.memory_map``): opening a cache keeps only the keys and an index in RAM
+(about 24 bytes per example) and each batch decompresses and decodes just the blocks of its own rows (format 1:
+copies its rows). Opening verifies every shard's sha256, which reads the whole cache once (about 1 s per GB on one
+core); pass ``TeacherCache(path, verify=False)`` to check sizes only.
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ from hf_distill.utils.io import sha256_file
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "hf_distill.teacher_cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 CACHE_KEY = "teacher_cache_key"
 """Batch entry that :class:`KeyedCollator` adds: the ``(B,)`` int64 keys of the batch's examples."""
@@ -143,10 +151,11 @@ def read_manifest(directory: Path) -> dict | None:
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT_NAME:
         raise TeacherCacheError(f"{path} is not a teacher-logit cache manifest (format {manifest.get('format')!r}).")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise CacheMismatchError(
             "format_version",
             f"{directory} was written in cache format version {manifest.get('format_version')}, this hf_distill "
-            f"reads version {FORMAT_VERSION}. Fix: re-collect the cache with this version (`hf-distill cache-logits`).",
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}. Fix: re-collect the cache with this version "
+            "(`hf-distill cache-logits`), or read it with the hf_distill that wrote it.",
         )
     return manifest

@@ -13,7 +13,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from hf_distill.cache.encoding import decode_rows, read_index
 from hf_distill.cache.format import (
+    _FIX_SHARD,
     CACHE_KEY,
     MANIFEST,
     CacheMismatchError,
@@ -31,11 +33,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class _Shard:
+    """A format-1 shard: the whole shard as zero-copy arrays of the mapped file."""
+
     offsets: np.ndarray  # (n + 1,) token offsets of each example
     token_ids: np.ndarray  # (tokens, k), memory-mapped
     logprobs: np.ndarray  # (tokens, k), memory-mapped
     tail_logprob: np.ndarray  # (tokens,), memory-mapped
     table: pa.Table  # keeps the memory map alive
+
+    def rows(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        parts = [(self.token_ids[a:b], self.logprobs[a:b], self.tail_logprob[a:b])
+                 for a, b in zip(self.offsets[rows], self.offsets[rows + 1])]
+        return tuple(np.concatenate([part[i] for part in parts]) for i in range(3))
 
 
 def _read_shard(path: Path, top_k: int) -> tuple[np.ndarray, _Shard]:
@@ -56,6 +65,51 @@ def _read_shard(path: Path, top_k: int) -> tuple[np.ndarray, _Shard]:
         table=table,
     )
     return column("key").to_numpy(), shard
+
+
+class _BlockShard:
+    """A format-2 shard (:mod:`hf_distill.cache.encoding`): the index from the stream's schema, and one IPC message
+    per block, a zero-copy view of the mapped file that is decompressed only when a batch needs one of its rows."""
+
+    def __init__(self, path: Path):
+        reader = pa.ipc.MessageReader.open_stream(pa.memory_map(str(path)))
+        try:
+            self.schema = pa.ipc.read_schema(reader.read_next_message())
+            self.keys, self.counts, block_rows = read_index(self.schema)
+            self.messages = list(reader)  # reads message headers only; the bodies stay in the map
+        except (pa.ArrowException, ValueError, StopIteration) as error:
+            raise TeacherCacheError(f"Shard {path} cannot be read as a format-2 shard ({error}). "
+                                    f"{_FIX_SHARD}") from error
+        if len(self.messages) != len(block_rows):
+            raise TeacherCacheError(f"Shard {path} holds {len(self.messages)} blocks, its index {len(block_rows)}. "
+                                    f"{_FIX_SHARD}")
+        starts = np.cumsum(block_rows) - block_rows
+        self.block = np.repeat(np.arange(len(block_rows)), block_rows)  # (n,) block of each row
+        self.row_in_block = np.arange(len(self.keys)) - starts[self.block]  # (n,)
+        self.path = path
+
+    def planes(self, block: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(offsets, bytes)`` of each plane column of ``block``, decompressed."""
+        try:
+            batch = pa.ipc.read_record_batch(self.messages[block], self.schema)
+        except pa.ArrowException as error:
+            raise TeacherCacheError(f"Block {block} of shard {self.path} is corrupt ({error}). {_FIX_SHARD}") from error
+        return [(column.offsets.to_numpy(), column.values.to_numpy()) for column in batch.columns[2:]]
+
+
+def _read_blocks(shards: list[_BlockShard], where: np.ndarray, k: int, dtypes: dict) -> tuple[np.ndarray, ...]:
+    """The rows ``where`` (``(B, 2)`` shard, row) of format-2 shards, decoded in one vectorised pass."""
+    decompressed, parts, counts = {}, [], []
+    for shard_index, row in where:
+        shard = shards[shard_index]
+        block = (shard_index, shard.block[row])
+        if block not in decompressed:  # each block of the batch is decompressed once
+            decompressed[block] = shard.planes(block[1])
+        position = shard.row_in_block[row]
+        parts.append([plane[offsets[position] : offsets[position + 1]] for offsets, plane in decompressed[block]])
+        counts.append(shard.counts[row])
+    planes = [np.concatenate([part[c] for part in parts]) for c in range(len(parts[0]))]
+    return decode_rows(planes, np.array(counts), k, token_id_type=dtypes["token_ids"], codec=dtypes["logprobs"])
 
 
 class TeacherCache:
@@ -81,10 +135,14 @@ class TeacherCache:
             )
         self.manifest = manifest
         keys, where = [], []
-        self._shards: list[_Shard] = []
+        self._shards: list[_Shard | _BlockShard] = []
         for index, entry in enumerate(manifest["shards"]):
             verify_shard(self.path, entry, checksum=verify)
-            shard_keys, shard = _read_shard(self.path / entry["file"], self.top_k)
+            if self.format_version == 1:
+                shard_keys, shard = _read_shard(self.path / entry["file"], self.top_k)
+            else:
+                shard = _BlockShard(self.path / entry["file"])
+                shard_keys = shard.keys
             keys.append(shard_keys)
             where.append(np.stack([np.full(len(shard_keys), index), np.arange(len(shard_keys))], 1))
             self._shards.append(shard)
@@ -97,6 +155,7 @@ class TeacherCache:
     top_k = property(lambda self: self.manifest["top_k"])
     temperature = property(lambda self: self.manifest["temperature"])
     num_examples = property(lambda self: len(self._keys))
+    format_version = property(lambda self: self.manifest["format_version"])
 
     def __repr__(self) -> str:
         return (f"TeacherCache({str(self.path)!r}, examples={self.num_examples}, k={self.top_k}, "
@@ -107,9 +166,13 @@ class TeacherCache:
         return self._keys[position] == keys if len(self._keys) else np.zeros(len(keys), bool)
 
     def read(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Rows of ``keys``, concatenated in order: token ids ``(N, k)``, log-probs ``(N, k)``, tail ``(N,)`` and the
-        number of loss tokens of each example ``(len(keys),)``."""
+        """Rows of ``keys``, concatenated in order: token ids ``(N, k)`` int32, log-probs ``(N, k)`` (float32; float16
+        from a format-1 float16 cache), tail ``(N,)`` float32 and the number of loss tokens of each example
+        ``(len(keys),)``."""
         keys = np.asarray(keys, dtype=np.int64)
+        if keys.size == 0:  # nothing to read (e.g. a prefetch of no examples): empty arrays, not an error
+            k = self.top_k
+            return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
         found = self.contains(keys)
         if not found.all():
             raise TeacherCacheError(
@@ -117,13 +180,13 @@ class TeacherCache:
                 "labels differ from every example the cache was collected on. Fix: collect the cache from this data, "
                 "tokenized with the same settings (max_length, completion_only_loss, chat template)."
             )
-        parts = []
-        for shard_index, row in self._where[np.searchsorted(self._keys, keys)]:
-            shard = self._shards[shard_index]
-            start, end = shard.offsets[row], shard.offsets[row + 1]
-            parts.append((shard.token_ids[start:end], shard.logprobs[start:end], shard.tail_logprob[start:end]))
-        ids, logprobs, tail = (np.concatenate([part[i] for part in parts]) for i in range(3))
-        return ids.astype(np.int32), logprobs, tail, np.array([len(part[2]) for part in parts], dtype=np.int64)
+        where = self._where[np.searchsorted(self._keys, keys)]  # (B, 2) shard, row
+        if self.format_version == 1:
+            parts = [self._shards[shard].rows(np.array([row])) for shard, row in where]
+            ids, logprobs, tail = (np.concatenate([part[i] for part in parts]) for i in range(3))
+            return ids.astype(np.int32), logprobs, tail, np.array([len(part[2]) for part in parts], dtype=np.int64)
+        ids, logprobs, tail = _read_blocks(self._shards, where, self.top_k, self.manifest["dtypes"])
+        return ids, logprobs, tail, np.array([self._shards[shard].counts[row] for shard, row in where], np.int64)
 
     def check(self, *, tokenizer=None, student_vocab_rows: int | None = None, temperature: float | None = None,
               datasets: dict | None = None, preparation: dict | None = None) -> None:

@@ -37,6 +37,12 @@ from torch import nn
 
 from hf_distill._compat import remove_unused_columns
 from hf_distill.cache.collator import KeyedCollator
+from hf_distill.cache.encoding import (
+    LOGPROB_CODECS,
+    encode_shard,
+    token_id_dtype,
+    write_options,
+)
 from hf_distill.cache.format import (
     CACHE_KEY,
     FORMAT_NAME,
@@ -50,8 +56,9 @@ from hf_distill.cache.format import (
     read_manifest,
     verify_shard,
 )
-from hf_distill.losses.targets import NonFiniteTeacherError
+from hf_distill.losses.targets import NonFiniteTeacherError, SparseTeacherSignal
 from hf_distill.models.introspect import output_vocab_size
+from hf_distill.served.teacher import ServedTeacher
 from hf_distill.teacher.live import LiveTeacher, load_teacher, load_teacher_tokenizer
 from hf_distill.teacher.vocab import VocabularyMismatchError, tokenizer_fingerprint
 from hf_distill.training.preparation import PreparingSFTTrainer
@@ -61,7 +68,7 @@ from hf_distill.utils.manifest import ShardManifest
 
 logger = logging.getLogger(__name__)
 
-_LOGPROB_DTYPES = {"float16": (np.float16, pa.float16()), "float32": (np.float32, pa.float32())}
+_LOGPROB_DTYPES = LOGPROB_CODECS  # logprob_dtype -> the format-2 codec (at least that precision)
 _CHUNK_ELEMENTS = 2**22  # top-k is taken over chunks of this many logits (16 MB of float32: reused memory)
 
 
@@ -182,31 +189,23 @@ def _adopt(path: Path, index: int, keys: np.ndarray) -> dict | None:
 
 
 def _write_shard(path: Path, index: int, keys: np.ndarray, rows: list[tuple[np.ndarray, ...]], k: int,
-                 id_dtype, logprob_dtype: str) -> dict:
-    """Write one shard atomically (temporary name, fsync, rename) and return its manifest entry."""
-    np_lp, pa_lp = _LOGPROB_DTYPES[logprob_dtype]
-    counts = np.array([len(row[2]) for row in rows], dtype=np.int32)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-    ids = np.concatenate([row[0] for row in rows]).astype(id_dtype).reshape(-1)
-    finfo = np.finfo(np_lp)
-    logprobs = np.concatenate([row[1] for row in rows]).clip(finfo.min, None).astype(np_lp).reshape(-1)
-    tail = np.concatenate([row[2] for row in rows]).astype(np.float32)
-    table = pa.table({
-        "key": pa.array(keys, pa.int64()),
-        "num_tokens": pa.array(counts, pa.int32()),
-        "token_ids": pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(pa.array(ids), k)),
-        "logprobs": pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(pa.array(logprobs, pa_lp), k)),
-        "tail_logprob": pa.ListArray.from_arrays(offsets, pa.array(tail, pa.float32())),
-    })
+                 id_dtype: str, logprob_dtype: str) -> dict:
+    """Write one shard atomically (temporary name, fsync, rename) and return its manifest entry.
+
+    Format 2 (:mod:`hf_distill.cache.encoding`): ids packed as ``id_dtype`` (``"uint<bits>"``), log-probs in the
+    codec ``logprob_dtype`` asks for, zstd-compressed record batches of consecutive examples."""
+    schema, blocks = encode_shard(keys, rows, token_id_type=id_dtype, codec=_LOGPROB_DTYPES[logprob_dtype])
     try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as file, pa.ipc.new_stream(file, table.schema) as writer:
-            writer.write_table(table)
+        with (atomic_path(path) as tmp, open(tmp, "wb") as file,
+              pa.ipc.new_stream(file, schema, options=write_options()) as writer):
+            for block in blocks:
+                writer.write_batch(block)
     except OSError as error:  # disk full, quota, I/O error: atomic_path keeps nothing partial
         raise OSError(
             error.errno, f"Writing {path} failed ({error}). Finished shards are intact and no partial file was kept. "
             "Fix: free disk space and re-run the same command; it resumes at this shard.",
         ) from error
-    return _shard_entry(path, index, len(keys), int(counts.sum()))
+    return _shard_entry(path, index, len(keys), sum(len(row[2]) for row in rows))
 
 
 @torch.no_grad()
@@ -216,18 +215,26 @@ def _collect_shard(live: LiveTeacher, dataset, collator, rows: np.ndarray, keys:
     results = {}
     order = np.argsort(lengths[rows], kind="stable")  # similar lengths in a batch: less padding
     chunk = max(1, _CHUNK_ELEMENTS // vocab)
-    for start in range(0, len(order), batch_size):
-        picked = order[start : start + batch_size]
-        batch = collator([dataset[int(row)] for row in rows[picked]])
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    collated = None
+    if hasattr(live, "prefetch"):  # a served teacher: the whole shard's requests in flight, teacher_concurrency at once
+        collated = [collator([dataset[int(row)] for row in rows[picked]]) for picked in batches]
+        for batch in collated:
+            live.prefetch(batch)
+    for number, picked in enumerate(batches):
+        batch = collated[number] if collated else collator([dataset[int(row)] for row in rows[picked]])
         expected = keys[rows[picked]]
         if not np.array_equal(batch[CACHE_KEY].numpy(), expected):
             raise RuntimeError("The collator's examples do not match the dataset's keys (a bug: please report it).")
         loss_mask = batch["labels"][:, 1:] != -100  # (B, T-1)
         signal = live.signal(batch, loss_mask, vocab, live.device)
-        parts = [top_k_with_tail(signal.logits(slice(i, i + chunk), check_finite=False), k, temperature)
-                 for i in range(0, signal.num_tokens, chunk)]
-        parts = parts or [(torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k), torch.zeros(0))]  # no loss tokens
-        ids, logprobs, tail = (torch.cat([part[j] for part in parts]).cpu().numpy() for j in range(3))
+        if isinstance(signal, SparseTeacherSignal):  # a served teacher: its top-k come back from the server
+            ids, logprobs, tail = (t.cpu().numpy() for t in (signal.token_ids, signal.logprobs, signal.tail_logprob))
+        else:
+            parts = [top_k_with_tail(signal.logits(slice(i, i + chunk), check_finite=False), k, temperature)
+                     for i in range(0, signal.num_tokens, chunk)]
+            parts = parts or [(torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k), torch.zeros(0))]  # no loss
+            ids, logprobs, tail = (torch.cat([part[j] for part in parts]).cpu().numpy() for j in range(3))
         bounds = np.cumsum([0, *loss_mask.sum(1).tolist()])
         for row, key in enumerate(expected):
             span = slice(bounds[row], bounds[row + 1])
@@ -255,7 +262,9 @@ def collect_teacher_cache(
     """Run ``teacher`` once over ``train_dataset`` and write a teacher-logit cache to ``out_dir``; returns the manifest.
 
     Args:
-        teacher: a model, or a local path / hub id loaded with ``from_pretrained``.
+        teacher: a model, or a local path / hub id loaded with ``from_pretrained``, or a
+            :class:`~hf_distill.served.teacher.ServedTeacher` (an inference server's prompt log-probabilities;
+            ``temperature`` 1, ``processing_class`` required).
         train_dataset, processing_class, data_collator: as you will pass them to ``DistillationTrainer``
             (``processing_class`` defaults to the tokenizer saved beside the teacher).
         args: the ``DistillationConfig``/``SFTConfig`` you will train with: its tokenization settings (max_length,
@@ -284,22 +293,27 @@ def collect_teacher_cache(
         raise ValueError(f"temperature must be > 0, got {temperature}. Fix: pass the temperature you will train with "
                          "(`--temperature`, 1.0 by default).")
 
-    model = load_teacher(teacher, teacher_dtype)
-    if not getattr(model, "hf_device_map", None):
-        model.to(torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    teacher_fields = {
-        "name_or_path": str(teacher) if isinstance(teacher, (str, os.PathLike)) else model.name_or_path,
-        "revision": getattr(model.config, "_commit_hash", None),
-        "config_sha256": config_hash(model),
-        "dtype": str(model.dtype).removeprefix("torch."),
-    }
+    served = teacher if isinstance(teacher, ServedTeacher) else None
+    if served is not None:  # a teacher behind a server (hf_distill.served): no weights here
+        model, teacher_fields = served.preparation_model(tokenizer, temperature), served.manifest_fields()
+    else:
+        model = load_teacher(teacher, teacher_dtype)
+        if not getattr(model, "hf_device_map", None):
+            default = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"  # a GPU a rank
+            model.to(torch.device(device or default))
+        teacher_fields = {
+            "name_or_path": str(teacher) if isinstance(teacher, (str, os.PathLike)) else model.name_or_path,
+            "revision": getattr(model.config, "_commit_hash", None),
+            "config_sha256": config_hash(model),
+            "dtype": str(model.dtype).removeprefix("torch."),
+        }
     dataset, collator = prepare_like_trainer(model, args, train_dataset, tokenizer, data_collator)
     vocab = _cache_vocab_size(model, tokenizer)
     k = min(top_k, vocab)
     keys, lengths = dataset_keys(dataset)
     unique, first = np.unique(keys, return_index=True)  # sorted keys; duplicates are collected once
     num_shards = math.ceil(len(unique) / shard_size)
-    id_dtype = np.uint16 if vocab <= 2**16 else np.int32
+    id_dtype = token_id_dtype(vocab)  # "uint<bits>": ids packed at the bits the vocabulary needs
     fields = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -308,7 +322,7 @@ def collect_teacher_cache(
         "vocab_size": vocab,
         "top_k": k,
         "temperature": float(temperature),
-        "dtypes": {"token_ids": np.dtype(id_dtype).name, "logprobs": logprob_dtype, "tail_logprob": "float32"},
+        "dtypes": {"token_ids": id_dtype, "logprobs": _LOGPROB_DTYPES[logprob_dtype], "tail_logprob": "float32"},
         "dataset": {"fingerprint": keys_fingerprint(unique), "num_examples": len(unique)},
         "preparation": preparation_fields(args),
         "shard_size": shard_size,
@@ -323,7 +337,7 @@ def collect_teacher_cache(
         return True
 
     done = manifest.finished(intact)
-    live = LiveTeacher(model)
+    live = served.with_top_k(k) if served is not None else LiveTeacher(model)
     for index in range(num_shards):
         span = slice(index * shard_size, (index + 1) * shard_size)
         path = out / f"shard-{index:05d}.arrow"
@@ -341,3 +355,4 @@ def collect_teacher_cache(
         manifest.record(entry)
     manifest.save(complete=True)
     return manifest.data
+

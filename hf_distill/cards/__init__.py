@@ -14,6 +14,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_distill.cards.plots import cascade_plot, training_curves
 from hf_distill.cards.refs import folder_name, hub_id, strip_local_paths
+from hf_distill.deploy.report import deployment_table as deployment_markdown
+from hf_distill.deploy.report import load_deployment
 from hf_distill.utils.io import atomic_path
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ def metrics_table(metrics: dict) -> list[tuple[str, str]]:
             ("Logic-Match with teacher", "-" if metrics.get("logic_match") is None else f"{metrics['logic_match']:.3f}"),
             ("teacher accuracy kept", _pct(metrics.get("accuracy_kept"))),
             ("parameters", _count(metrics.get("parameters"))),
+            ("active parameters per token (mixture of experts)", _count(metrics.get("active_parameters"))),
             ("size relative to teacher", "-" if not metrics.get("size_vs_teacher")
              else f"1/{1 / metrics['size_vs_teacher']:.1f}"),
             ("generation speed (tokens/s, greedy)", "-" if metrics.get("tokens_per_second") is None
@@ -78,6 +81,7 @@ def render_card(
     recipe_file: str = "RECIPE.yaml",
     has_curves: bool = False,
     has_cascade_plot: bool = False,
+    deployment_table: str | None = None,
     template: str | Path | None = None,
 ) -> ModelCard:
     """A model card from plain data (pure: no file is read but the template)."""
@@ -103,6 +107,13 @@ def render_card(
     if shrink:
         spec = ", ".join(f"{k}={v}" for k, v in shrink["spec"].items())
         shrink_text = f"{spec}; teacher layers kept: {shrink['teacher_layers_kept']}"
+        scores = shrink.get("scores") or {}
+        if "layer_scores" in scores:  # importance pruning: what each teacher layer scored on calibration data
+            shrink_text += (f"; layer importance ({scores['layer_importance']}, higher kept) per teacher layer: "
+                            + ", ".join(f"{v:.3g}" for v in scores["layer_scores"]))
+        if "activation_kept" in scores:
+            shrink_text += "; share of the teacher's activation kept: " + ", ".join(
+                f"{kind} {share:.0%}" for kind, share in scores["activation_kept"].items())
     return ModelCard.from_template(
         card_data, template_path=str(template or template_path()), model_name=model_name, recipe_name=recipe_name,
         stage_index=stage_index, num_stages=num_stages, methods=" + ".join(methods), teacher=teacher,
@@ -110,6 +121,7 @@ def render_card(
         dataset=dataset, shrink=shrink, shrink_text=shrink_text, adapter=adapter,
         recipe_excerpt=yaml.safe_dump(stage_recipe, sort_keys=False).strip(),
         repo_or_path=repo_or_path, recipe_file=recipe_file, has_curves=has_curves, has_cascade_plot=has_cascade_plot,
+        deployment_table=deployment_table,
     )
 
 
@@ -148,7 +160,7 @@ def write_stage_card(model_dir: Path, stage: "Stage", context: "StageContext", m
         license=recipe.license, shrink=shrink, adapter=adapter,
         repo_or_path=push.get("repo_id") or _shown(str(model_dir), context.root, recipe),
         recipe_file=_shown_path(recipe.path) if recipe.path else "RECIPE.yaml", has_curves=curves is not None,
-        has_cascade_plot=plotted is not None,
+        has_cascade_plot=plotted is not None, deployment_table=deployment_markdown(load_deployment(model_dir)),
     )
     with atomic_path(model_dir / "README.md") as tmp:
         card.save(tmp)

@@ -40,16 +40,21 @@ def training_curves(log_history: list[dict], path: str | Path, title: str = "") 
 
 
 def cascade_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """Accuracy against parameters (log scale) for every model of the cascade, in lineage order."""
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
-    params = [row["parameters"] for row in rows]
-    accuracy = [100 * row["accuracy"] for row in rows]
-    ax.plot(params, accuracy, marker="o")
-    for row, x, y in zip(rows, params, accuracy):
-        ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{title}: size vs quality")
-    ax.grid(alpha=0.3)
+    """Accuracy against parameters (log scale) for every model of the cascade, in lineage order; beside it, accuracy
+    against generation speed (tokens/s, log scale) for the models whose speed was measured."""
+    timed = [row for row in rows if row.get("tokens_per_second")]
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(10.0 if timed else 5.0, 3.6), squeeze=False)
+    panels = [(axes[0][0], rows, "parameters", "parameters", "size vs quality")]
+    if timed:
+        panels.append((axes[0][1], timed, "tokens_per_second", "generation speed (tokens/s)", "speed vs quality"))
+    for ax, points, key, label, subtitle in panels:
+        xs, accuracy = [row[key] for row in points], [100 * row["accuracy"] for row in points]
+        ax.plot(xs, accuracy, marker="o")
+        for row, x, y in zip(points, xs, accuracy):
+            ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{title}: {subtitle}")
+        ax.grid(alpha=0.3)
     return _save(fig, Path(path))

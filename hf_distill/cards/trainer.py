@@ -57,6 +57,10 @@ def distillation_settings(args, teacher: dict, adapter: dict | None) -> list[tup
     if args.kd_loss in BETA_LOSSES:
         rows.append(("beta", f"{args.beta:g}"))
     rows.append(("objective", f"alpha * CE + (1 - alpha) * T² * {args.kd_loss}(teacher ‖ student), per loss token"))
+    if getattr(args, "cross_tokenizer", None):  # a teacher with another tokenizer: hf_distill.cross_tokenizer
+        from hf_distill.cross_tokenizer.settings import card_settings
+
+        rows = card_settings(args)
     cache = teacher.get("cache")
     if cache:
         rows += [("teacher signal", f"teacher-logit cache `{cache['name']}` ({cache['num_examples']} examples)"),

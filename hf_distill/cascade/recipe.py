@@ -114,7 +114,7 @@ class DataSpec:
 
     dataset: str = "arithmetic"
     subset: str | None = None
-    train_split: str = "train"
+    train_split: str = "train"  # a `datasets` slice works too: "train[:300]" (a stage with 300 labelled problems)
     test_split: str = "test"
     question_column: str = "question"
     answer_column: str = "answer"

@@ -131,7 +131,15 @@ class CascadeRunner:
                 source = load_dataset(spec.dataset, spec.subset)
             data = load_reasoning_dataset(source, question_column=spec.question_column,
                                           answer_column=spec.answer_column, **generator)
-            self._datasets[key] = DatasetDict({"train": data[spec.train_split], "test": data[spec.test_split]})
+            from hf_distill.cli.arguments import (
+                take_split,  # the CLI's split syntax: "train", "train[:300]"
+            )
+
+            try:  # "train[:300]": a stage that has only 300 labelled problems
+                train = take_split(data, spec.train_split, spec.dataset)
+            except ValueError as err:
+                raise RecipeError(f"stage {stage.name}.data.train_split: {err}") from None
+            self._datasets[key] = DatasetDict({"train": train, "test": data[spec.test_split]})
         return self._datasets[key]
 
     # ---- the loop -----------------------------------------------------------------------------------------------
@@ -220,8 +228,8 @@ class CascadeRunner:
         self.manifest.update(stage.name, status="running", hash=digest, teacher=teacher, metrics={},
                              model_dir=str(stage_dir / "model"))
         began = time.perf_counter()
-        student, shrink_plan = build_student(stage, teacher, tokenizer, self.recipe.seed)
         data = self.dataset(stage)
+        student, shrink_plan = build_student(stage, teacher, tokenizer, self.recipe.seed, data["train"])
         trainer = train_stage(stage, student, teacher, tokenizer, data["train"], run_dir, self.recipe.seed,
                               self.callbacks, resume, log=self.log)
         staging = stage_dir / ".model.partial"
@@ -249,6 +257,8 @@ class CascadeRunner:
         shrink = None
         if shrink_plan is not None:
             shrink = {"spec": stage.student.shrink.to_dict(), "teacher_layers_kept": shrink_plan.layers}
+            if shrink_plan.scores:  # importance/activation pruning: the layer scores and the activation kept
+                shrink["scores"] = shrink_plan.scores
         self.manifest.update(stage.name, metrics=metrics, shrink=shrink, adapter=adapter)
         write_stage_card(model_dir, stage, self._card_context(index, stage, context), metrics, shrink, adapter,
                          self.manifest.data)

@@ -21,6 +21,7 @@ from hf_distill.cascade.recipe import RecipeError, Stage
 from hf_distill.config import DistillationConfig
 from hf_distill.data.reasoning import to_prompt_completion
 from hf_distill.models.adapters import describe_adapter, merge_adapters
+from hf_distill.models.calibration import calibration_data
 from hf_distill.models.gguf import load_causal_lm
 from hf_distill.models.quantization import load_quantized
 from hf_distill.models.shrink import shrink_model
@@ -29,12 +30,19 @@ from hf_distill.trainer import DistillationTrainer
 from hf_distill.utils.device import fast_bf16_available
 
 
-def build_student(stage: Stage, teacher: str | None, tokenizer, seed: int):
-    """The stage's initial student and, for a shrink, which teacher layers/channels it kept."""
+def build_student(stage: Stage, teacher: str | None, tokenizer, seed: int, train: Dataset | None = None):
+    """The stage's initial student and, for a shrink, which teacher layers/channels it kept. A shrink by importance
+    or activation scores the teacher on the first ``shrink.calibration_examples`` rows of ``train``."""
     spec = stage.student
     if spec.shrink is not None:
         teacher_model = load_causal_lm(teacher)
-        return shrink_model(teacher_model, spec.shrink)
+        calibration = None
+        if spec.shrink.needs_calibration:
+            if train is None:
+                raise RecipeError(f"stage {stage.name}: shrink.layer_strategy/width_strategy score the teacher on "
+                                  "the stage's training set, and none was given")
+            calibration = calibration_data(train, tokenizer, spec.shrink.calibration_examples)
+        return shrink_model(teacher_model, spec.shrink, calibration=calibration)
     if spec.model is not None:
         if stage.student_quantization:  # QLoRA: a quantised base under the stage's LoRA adapter
             return load_quantized(spec.model, stage.student_quantization, revision=spec.revision), None

@@ -7,6 +7,14 @@ token, for `hf-distill train --teacher_cache DIR`. Re-running the same command r
 The data flags are `hf-distill train`'s (`--dataset_name`, `--dataset_train_split`, `--num_examples`, ...) and every
 `DistillationConfig` flag is read as training will read it (`--max_length`, `--temperature`, `--teacher_dtype`,
 `--teacher_device`, the chat template...), so pass the same ones to both: the cache records them and training checks.
+
+A teacher behind an inference server fills the same cache from its prompt log-probabilities (temperature 1)::
+
+    hf-distill cache-logits --teacher_url http://host:8000/v1 --teacher_served_model NAME \
+        --tokenizer_name_or_path ./student --dataset_name arithmetic --output_dir cache --top_k 20
+
+(vLLM: token ids in and out, k up to its ``--max-logprobs``; llama-cpp-python's server started with
+``--logits_all true``: token strings mapped back to ids, see :mod:`hf_distill.served.llama_cpp`.)
 """
 
 from __future__ import annotations
@@ -27,8 +35,12 @@ class CacheArguments:
     top_k: int = field(default=32, metadata={"help": "Tokens kept per position."})
     batch_size: int = field(default=8, metadata={"help": "Examples per teacher forward pass."})
     shard_size: int = field(default=1024, metadata={"help": "Examples per shard file (the unit of resuming)."})
-    logprob_dtype: str = field(default="float16", metadata={"help": "How log-probabilities are stored.",
-                                                            "choices": ["float16", "float32"]})
+    logprob_dtype: str = field(default="float16", metadata={
+        "help": "How log-probabilities are stored: 'float16' (default) on a 1/1024-nat grid, at least float16's "
+        "precision (error <= 2^-11 nat); 'float32' exact (about 1.6x the bytes).", "choices": ["float16", "float32"]})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "With --teacher_url: the teacher's tokenizer (a folder, hub id or .gguf), "
+                                "the one training uses."})
 
 
 def parser() -> Parser:
@@ -40,8 +52,8 @@ def parser() -> Parser:
         "on --teacher_device (default: cuda if available, else cpu) in --teacher_dtype.",
     )
     for action in result._actions:
-        if action.dest in ("teacher_model_name_or_path", "output_dir"):
-            action.required = True  # DistillationConfig's defaults (None, 'trainer_output') make no sense here
+        if action.dest == "output_dir":
+            action.required = True  # DistillationConfig's default ('trainer_output') makes no sense here
     return result
 
 
@@ -52,9 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     from hf_distill.models.gguf import load_tokenizer
 
     teacher, out = config.teacher_model_name_or_path, config.output_dir
-    data, _ = load_splits(data_args, tokenizer=load_tokenizer(teacher))
+    if (teacher is None) == (config.teacher_url is None):  # a usage error: exit status 2, like argparse's
+        print("hf-distill cache-logits: error: give one teacher: --teacher_model_name_or_path PATH (run here) or "
+              "--teacher_url http://host:port/v1 with --tokenizer_name_or_path (a served teacher).", file=sys.stderr)
+        raise SystemExit(2)
+    tokenizer = load_tokenizer(cache_args.tokenizer_name_or_path or teacher) \
+        if (cache_args.tokenizer_name_or_path or teacher) else None
+    if config.teacher_url is not None:
+        if tokenizer is None:
+            raise SystemExit("hf-distill cache-logits --teacher_url needs --tokenizer_name_or_path: the teacher's "
+                             "tokenizer, to send token ids and check the ones that come back.")
+        from hf_distill.served.teacher import ServedTeacher
+
+        teacher = ServedTeacher.from_args(config, tokenizer, top_k=cache_args.top_k)
+    data, _ = load_splits(data_args, tokenizer=tokenizer)
+    given_tokenizer = tokenizer if cache_args.tokenizer_name_or_path or config.teacher_url else None
     manifest = collect_teacher_cache(
-        teacher, data, out, args=config, top_k=cache_args.top_k, batch_size=cache_args.batch_size,
+        teacher, data, out, given_tokenizer, args=config, top_k=cache_args.top_k, batch_size=cache_args.batch_size,
         shard_size=cache_args.shard_size, logprob_dtype=cache_args.logprob_dtype, teacher_dtype=config.teacher_dtype,
         device=config.teacher_device, log=print,
     )

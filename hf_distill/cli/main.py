@@ -20,6 +20,10 @@ COMMANDS = {
                 "run a YAML recipe of stages, each student teaching the next (`--dry_run`: the plan)"),
     "push": ("hf_distill.cli.push", "publish a model folder (safetensors + card) to the Hugging Face Hub"),
     "traces": ("hf_distill.cli.traces", "sample a teacher's reasoning traces, keep the verified ones"),
+    "export": ("hf_distill.cli.export", "write a student as a GGUF file (f16, q8_0, q4_k_m...) for llama.cpp"),
+    "serve": ("hf_distill.cli.serve", "serve a student with llama.cpp's OpenAI-compatible server"),
+    "bench-serve": ("hf_distill.cli.bench_serve",
+                    "measure a server's TTFT, tokens/s and p50/p95 latency at 1, 4, 16 concurrent requests"),
     "env": ("hf_distill.cli.env", "print the versions to paste into a bug report"),
 }
 

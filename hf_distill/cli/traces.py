@@ -2,6 +2,12 @@
 
     hf-distill traces --teacher_model_name_or_path ./teacher --dataset_name arithmetic --output_dir traces/ \
         --num_samples 4 --temperature 0.7
+    hf-distill traces --teacher_url http://localhost:8000/v1 --teacher_served_model Qwen/Qwen3-32B \
+        --dataset_name gsm8k.jsonl --output_dir traces/ --template step_by_step --teacher_concurrency 32
+
+With ``--teacher_url`` the teacher is an OpenAI-compatible server (vLLM, SGLang, llama.cpp, a hosted API; its API key,
+if any, in the environment variable named by ``--teacher_api_key_env``); a rerun resumes without re-asking answered
+prompts.
 
 The data flags are `hf-distill train`'s (`--dataset_name`, `--dataset_train_split`, `--num_examples`: the first N
 problems), every `TraceConfig` field is a flag (``--template step_by_step``, ``--no_keep_only_verified``, ...) and
@@ -26,9 +32,13 @@ from hf_distill.traces.config import TraceConfig
 
 @dataclass
 class TracesArguments:
-    teacher_model_name_or_path: str = field(
-        metadata={"help": "Teacher checkpoint (local directory or hub id) with its tokenizer."})
     output_dir: str = field(metadata={"help": "Where shards, manifest.json and dataset/ go (resumed if present)."})
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Teacher checkpoint (local directory or hub id) with its tokenizer; or a "
+                                "served teacher: --teacher_url."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "With --teacher_url --teacher_endpoint completions: the teacher's tokenizer, "
+                                "to render the plain prompt exactly as a local model would see it (optional)."})
 
 
 def load_problems(args: DatasetArguments) -> Dataset:
@@ -52,7 +62,16 @@ def parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args, data_args, config = parser().parse(sys.argv[1:] if argv is None else argv)
-    traces = collect_traces(args.teacher_model_name_or_path, None, load_problems(data_args), args.output_dir, config)
+    if (args.teacher_model_name_or_path is None) == (config.teacher_url is None):
+        raise SystemExit("hf-distill traces: give one teacher: --teacher_model_name_or_path PATH (run here) or "
+                         "--teacher_url http://host:port/v1 (a served teacher).")
+    tokenizer = None
+    if args.tokenizer_name_or_path is not None:
+        from hf_distill.models.gguf import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer_name_or_path)
+    traces = collect_traces(args.teacher_model_name_or_path, tokenizer, load_problems(data_args), args.output_dir,
+                            config)
     print(f"{len(traces)} traces in {Path(args.output_dir) / 'dataset'}; train on them with "
           f"datasets.load_from_disk({str(Path(args.output_dir) / 'dataset')!r})")
     return 0

@@ -240,7 +240,9 @@ def loss_normalizer(num_items_in_batch: int | float | torch.Tensor | None, num_t
     return max(float(value.item() if torch.is_tensor(value) else value), 1.0)
 
 
-def _combine(stats: torch.Tensor, spec: LossSpec, normalizer: float) -> torch.Tensor:
+def _combine(stats: torch.Tensor, spec, normalizer: float) -> torch.Tensor:
+    """``(alpha * CE + (1 - alpha) * distance) / normalizer`` from ``stats = [distance_sum, ce_sum, ...]``; ``spec``
+    is any spec with an ``alpha`` (LossSpec, the cross-tokenizer one)."""
     return ((spec.alpha * stats[1] + (1.0 - spec.alpha) * stats[0]) / normalizer).float()
 
 

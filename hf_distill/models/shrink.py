@@ -3,9 +3,13 @@
 A :class:`ShrinkSpec` keeps some of the teacher's decoder layers (chosen by a named strategy) and optionally narrows
 the residual stream (``hidden_size``), the MLP (``intermediate_size``) and attention (``num_attention_heads``,
 ``num_key_value_heads``; ``head_dim`` is kept). Every student tensor is a slice of the matching teacher tensor, so
-the student starts close to the teacher instead of from noise. Kept channels are chosen by weight magnitude
-(``width_strategy="magnitude"``, the cheap proxy for Minitron's activation importance) or are the first ones
-(``"first"``).
+the student starts close to the teacher instead of from noise. Kept channels are chosen by their activations on
+calibration batches (``width_strategy="activation"``: Minitron's width importance), by weight magnitude
+(``"magnitude"``, a proxy that needs no data) or are the first ones (``"first"``). Kept layers are spread evenly
+(``layer_strategy="uniform"``), the first/last ones, an explicit list, or the most important ones on calibration
+batches (``"importance"``: :mod:`hf_distill.models.importance`, by ``layer_importance``: ``block_influence``, ShortGPT's
+``1 - cos(input, output)``, or ``skip_kl``, the output's KL when that one layer is skipped). Measured on
+SmolLM2-135M-Instruct (``benchmarks/prune_recover.py``): see the README's pruning table.
 
 Which slice a tensor takes follows rules, not model families: the name of its module gives the kind of index of each
 dimension (``q_proj.weight``: query rows x residual channels; Phi3's fused ``gate_up_proj.weight``: the kept MLP
@@ -35,8 +39,15 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-LAYER_STRATEGIES = ("uniform", "first", "last", "explicit")
-WIDTH_STRATEGIES = ("magnitude", "first")
+from hf_distill.models.importance import (
+    LAYER_IMPORTANCE,
+    activation_importance,
+    layer_importance,
+)
+
+LAYER_STRATEGIES = ("uniform", "first", "last", "explicit", "importance")
+WIDTH_STRATEGIES = ("magnitude", "first", "activation")
+CALIBRATED = {"layer_strategy": "importance", "width_strategy": "activation"}  # the strategies that need data
 
 
 @dataclass(frozen=True)
@@ -51,23 +62,37 @@ class ShrinkSpec:
     num_attention_heads: int | None = None
     num_key_value_heads: int | None = None
     width_strategy: str = "magnitude"
+    layer_importance: str = "block_influence"  # with layer_strategy="importance": block_influence or skip_kl
+    calibration_examples: int = 256  # training examples the calibrated strategies score on (the cascade's choice)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(getattr(self, name) == value for name, value in CALIBRATED.items())
 
     def __post_init__(self):
         if self.layer_strategy not in LAYER_STRATEGIES:
             raise ValueError(f"shrink.layer_strategy={self.layer_strategy!r}: use one of {list(LAYER_STRATEGIES)}")
         if self.width_strategy not in WIDTH_STRATEGIES:
             raise ValueError(f"shrink.width_strategy={self.width_strategy!r}: use one of {list(WIDTH_STRATEGIES)}")
+        if self.layer_importance not in LAYER_IMPORTANCE:
+            raise ValueError(f"shrink.layer_importance={self.layer_importance!r}: use one of {list(LAYER_IMPORTANCE)}")
         if (self.layer_strategy == "explicit") != (self.layers is not None):
             raise ValueError("shrink: give `layers: [i, j, ...]` together with `layer_strategy: explicit` (and only then)")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
-        for name in ("num_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
+        for name in ("num_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                     "calibration_examples"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"shrink.{name} must be a positive integer, got {value!r}")
 
     def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
+        """The spec's values; the calibration knobs only where a calibrated strategy uses them."""
+        unused = set() if self.needs_calibration else {"calibration_examples"}
+        if self.layer_strategy != "importance":
+            unused.add("layer_importance")
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
+                if v is not None and k not in unused}
 
 
 @dataclass
@@ -79,10 +104,14 @@ class ShrinkPlan:
     intermediate: dict[int, list[int]] = field(default_factory=dict)  # student layer -> kept MLP neurons
     heads: dict[int, list[int]] = field(default_factory=dict)  # student layer -> kept query heads
     kv_heads: dict[int, list[int]] = field(default_factory=dict)  # student layer -> kept key/value heads
+    # with calibrated strategies: the layer scores per teacher layer, their metric, and the share of the teacher's
+    # activation mass the kept neurons/heads/channels carry (what the stage card shows)
+    scores: dict = field(default_factory=dict)
 
 
-def select_layers(num_teacher_layers: int, spec: ShrinkSpec) -> list[int]:
-    """Teacher layer indices to keep. ``uniform`` spreads them evenly and always keeps the first and the last."""
+def select_layers(num_teacher_layers: int, spec: ShrinkSpec, scores: torch.Tensor | None = None) -> list[int]:
+    """Teacher layer indices to keep. ``uniform`` spreads them evenly and always keeps the first and the last;
+    ``importance`` keeps the highest ``scores`` (without scores, as in a dry run that only needs the sizes: uniform)."""
     if spec.layer_strategy == "explicit":
         bad = [i for i in spec.layers if not 0 <= i < num_teacher_layers]
         if bad or len(set(spec.layers)) != len(spec.layers):
@@ -95,6 +124,8 @@ def select_layers(num_teacher_layers: int, spec: ShrinkSpec) -> list[int]:
         return list(range(keep))
     if spec.layer_strategy == "last":
         return list(range(num_teacher_layers - keep, num_teacher_layers))
+    if spec.layer_strategy == "importance" and scores is not None:
+        return sorted(scores.float().topk(keep).indices.tolist())
     if keep == 1:
         return [0]
     return sorted({round(i * (num_teacher_layers - 1) / (keep - 1)) for i in range(keep)})
@@ -127,8 +158,10 @@ def _carry_layer_lists(config: PretrainedConfig, teacher_config: PretrainedConfi
                              f"layers {layers}")
 
 
-def shrunk_config(teacher_config: PretrainedConfig, spec: ShrinkSpec) -> PretrainedConfig:
-    """The student's config: the teacher's, with the shrunk sizes (no weights needed, so dry runs can use it)."""
+def shrunk_config(teacher_config: PretrainedConfig, spec: ShrinkSpec, layers: list[int] | None = None
+                  ) -> PretrainedConfig:
+    """The student's config: the teacher's, with the shrunk sizes (no weights needed, so dry runs can use it).
+    ``layers``: the kept teacher layers when already chosen (importance pruning chooses them on data)."""
     missing = [name for name in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
                if not isinstance(getattr(teacher_config, name, None), int)]
     if missing:
@@ -147,7 +180,7 @@ def shrunk_config(teacher_config: PretrainedConfig, spec: ShrinkSpec) -> Pretrai
         teacher_value = getattr(teacher_config, name, None)
         if value is not None and not (isinstance(teacher_value, int) and value <= teacher_value):
             raise ValueError(f"shrink.{name}={value} exceeds the teacher's {teacher_value}")
-    layers = select_layers(teacher_config.num_hidden_layers, spec)
+    layers = layers if layers is not None else select_layers(teacher_config.num_hidden_layers, spec)
     try:
         config.head_dim = head_dim(teacher_config)  # kept, so hidden_size need not equal heads * head_dim
     except AttributeError:  # a read-only hidden_size // heads (Falcon): check_shrinkable refuses a width change
@@ -260,46 +293,93 @@ def _top(scores: torch.Tensor | None, k: int, strategy: str) -> list[int]:
     return sorted(scores.float().topk(k).indices.tolist())
 
 
-def plan_shrink(teacher: nn.Module, spec: ShrinkSpec) -> ShrinkPlan:
-    """Choose the kept layers, residual channels, MLP neurons and heads from the teacher's weights.
+def _share(scores: torch.Tensor, keep: list[int]) -> float:
+    """The share of the total score the kept indices carry."""
+    total = float(scores.float().sum())
+    return float(scores.float()[keep].sum()) / total if total > 0 else 1.0
 
-    A neuron scores the product of its weight norms in every MLP matrix (gate, up, down; fc1, fc2); a head the norm
-    of its columns of the attention output projection; a residual channel the norm of its embedding column."""
+
+def plan_shrink(teacher: nn.Module, spec: ShrinkSpec, calibration: list[dict] | None = None) -> ShrinkPlan:
+    """Choose the kept layers, residual channels, MLP neurons and heads.
+
+    ``magnitude``: a neuron scores the product of its weight norms in every MLP matrix (gate, up, down; fc1, fc2); a
+    head the norm of its columns of the attention output projection; a residual channel the norm of its embedding
+    column. ``activation`` and ``importance`` score on ``calibration`` batches (dicts of ``input_ids`` and
+    ``attention_mask``, a few hundred training examples) with the teacher as it is: every score comes from the full
+    teacher, so the width and depth choices do not depend on each other's order."""
     config = teacher.config
-    student_config = shrunk_config(config, spec)
-    layers = select_layers(config.num_hidden_layers, spec)
+    if spec.needs_calibration and not calibration:
+        raise ValueError(f"shrink: layer_strategy={spec.layer_strategy!r} / width_strategy={spec.width_strategy!r} "
+                         "score the teacher on calibration data: pass `calibration` batches (the cascade uses "
+                         f"{spec.calibration_examples} training examples), or use layer_strategy: uniform and "
+                         "width_strategy: magnitude")
+    layer_scores = None
+    scores: dict = {}
+    if spec.layer_strategy == "importance":
+        was_training = teacher.training
+        teacher.eval()
+        layer_scores = layer_importance(teacher, calibration, spec.layer_importance)
+        teacher.train(was_training)
+        scores.update(layer_importance=spec.layer_importance, layer_scores=[round(float(v), 6) for v in layer_scores])
+    layers = select_layers(config.num_hidden_layers, spec, layer_scores)
+    student_config = shrunk_config(config, spec, layers)
+    width = None
+    narrower = (student_config.hidden_size < config.hidden_size
+                or student_config.num_attention_heads < config.num_attention_heads
+                or student_config.num_key_value_heads < _kv_heads(config)
+                or getattr(student_config, "intermediate_size", None) != getattr(config, "intermediate_size", None))
+    if spec.width_strategy == "activation" and narrower:
+        was_training = teacher.training
+        teacher.eval()
+        width = activation_importance(teacher, calibration)
+        teacher.train(was_training)
     embed = teacher.get_input_embeddings().weight.detach()  # (V, H)
     hidden_scores = None
     if spec.width_strategy == "magnitude" and student_config.hidden_size < config.hidden_size:
         # the norm of each column, 15x faster than embed.norm(dim=0) (a strided reduction) on a 262k vocabulary
         hidden_scores = sum(rows.float().square().sum(0) for rows in embed.split(4096)).sqrt()  # (H,)
-    plan = ShrinkPlan(layers, _top(hidden_scores, student_config.hidden_size, spec.width_strategy))
+    elif width is not None:
+        hidden_scores = width.hidden
+    plan = ShrinkPlan(layers, _top(hidden_scores, student_config.hidden_size, spec.width_strategy), scores=scores)
     sizes, prefix, tensors = _sizes(config), _layer_prefix(teacher), teacher.state_dict()
     heads, inter, kv_teacher, d = sizes["qh"], sizes["i"], sizes["kvh"], sizes["d"]
     group = heads // kv_teacher
     per_group = student_config.num_attention_heads // student_config.num_key_value_heads
+    shares: dict[str, list[float]] = {"neurons": [], "heads": []}
     for new, old in enumerate(layers):
         neurons, head_scores = torch.ones(inter or 0), torch.zeros(heads)
-        with torch.no_grad():
-            for name, w in tensors.items():
-                if not name.startswith(f"{prefix}.{old}.") or w.ndim != 2:
-                    continue
-                kinds = _kinds(name, tuple(w.shape), sizes)
-                if kinds == ("i", "h"):
-                    neurons = neurons * w.norm(dim=1)
-                elif kinds == ("h", "i"):
-                    neurons = neurons * w.norm(dim=0)
-                elif kinds == ("gu", "h"):  # gate rows, then up rows
-                    neurons = neurons * w[:inter].norm(dim=1) * w[inter:].norm(dim=1)
-                elif kinds == ("h", "q"):
-                    head_scores = head_scores + w.reshape(sizes["h"], heads, d).norm(dim=(0, 2))  # (heads,)
+        if width is not None:
+            neurons = width.neurons.get(old, neurons)
+            head_scores = width.heads.get(old, head_scores)
+        else:
+            with torch.no_grad():
+                for name, w in tensors.items():
+                    if not name.startswith(f"{prefix}.{old}.") or w.ndim != 2:
+                        continue
+                    kinds = _kinds(name, tuple(w.shape), sizes)
+                    if kinds == ("i", "h"):
+                        neurons = neurons * w.norm(dim=1)
+                    elif kinds == ("h", "i"):
+                        neurons = neurons * w.norm(dim=0)
+                    elif kinds == ("gu", "h"):  # gate rows, then up rows
+                        neurons = neurons * w[:inter].norm(dim=1) * w[inter:].norm(dim=1)
+                    elif kinds == ("h", "q"):
+                        head_scores = head_scores + w.reshape(sizes["h"], heads, d).norm(dim=(0, 2))  # (heads,)
         if inter:
             plan.intermediate[new] = _top(neurons, student_config.intermediate_size, spec.width_strategy)
+            if width is not None and old in width.neurons:
+                shares["neurons"].append(_share(neurons, plan.intermediate[new]))
         kv_scores = head_scores.reshape(kv_teacher, group).sum(1)
         kv_keep = _top(kv_scores, student_config.num_key_value_heads, spec.width_strategy)
         plan.kv_heads[new] = kv_keep
         plan.heads[new] = [g * group + h for g in kv_keep
                            for h in _top(head_scores[g * group:(g + 1) * group], per_group, spec.width_strategy)]
+        if width is not None and old in width.heads:
+            shares["heads"].append(_share(head_scores, plan.heads[new]))
+    if width is not None:
+        kept = {"hidden": _share(width.hidden, plan.hidden)}
+        kept.update({kind: sum(values) / len(values) for kind, values in shares.items() if values})
+        plan.scores["activation_kept"] = {k: round(v, 4) for k, v in kept.items()}
     return plan
 
 
@@ -327,10 +407,12 @@ def _index(kind: str, plan: ShrinkPlan, layer: int | None, sizes: dict) -> torch
     return None  # "v", "d", "1", "="
 
 
-def shrink_model(teacher: nn.Module, spec: ShrinkSpec, dtype: torch.dtype | None = None) -> tuple[nn.Module, ShrinkPlan]:
-    """A student whose every parameter is the slice of the teacher's that :func:`plan_shrink` chose."""
-    plan = plan_shrink(teacher, spec)
-    config = shrunk_config(teacher.config, spec)
+def shrink_model(teacher: nn.Module, spec: ShrinkSpec, dtype: torch.dtype | None = None,
+                 calibration: list[dict] | None = None) -> tuple[nn.Module, ShrinkPlan]:
+    """A student whose every parameter is the slice of the teacher's that :func:`plan_shrink` chose
+    (``calibration``: the batches the ``importance``/``activation`` strategies score on)."""
+    plan = plan_shrink(teacher, spec, calibration)
+    config = shrunk_config(teacher.config, spec, plan.layers)
     student = AutoModelForCausalLM.from_config(config, dtype=dtype or teacher.dtype)
     layout = _layout(teacher, student, plan.layers)
     source, sizes = teacher.state_dict(), _sizes(teacher.config)

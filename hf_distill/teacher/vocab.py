@@ -3,7 +3,8 @@
 Real model pairs often differ only by padding rows of the embedding (Qwen2.5-7B has 152064 rows, Qwen2.5-0.5B
 151936, both for a 151665-token tokenizer). Logit distillation is well defined over the tokenizer's vocabulary, so
 both distributions are sliced to it. Genuinely different tokenizers are another matter: feeding the teacher the
-student's ids would silently distil garbage, so that is an error.
+student's ids would silently distil garbage, so that is an error unless the user asks for cross-tokenizer
+distillation (hf_distill.cross_tokenizer), which gives the teacher its own ids of the same text.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ def check_same_tokenizer(student: PreTrainedTokenizerBase, teacher: PreTrainedTo
     raise VocabularyMismatchError(
         f"The teacher's tokenizer differs from the student's ({len(differing)} tokens map to different ids, e.g. "
         f"{examples}). Logit distillation compares distributions over the same token ids, so both models must share "
-        "one tokenizer. Fix: pick a teacher and student of the same model family, or distil across tokenizers at the "
-        "sequence level (`hf-distill traces`: train the student on text the teacher wrote)."
+        "one tokenizer. Fix: pick a teacher and student of the same model family, or distil across tokenizers with "
+        "`cross_tokenizer='align'` (span alignment by text offsets) or `cross_tokenizer='uld'` (sorted probabilities; "
+        "`--cross_tokenizer` on the command line), or at the sequence level (`hf-distill traces`: train the student on "
+        "text the teacher wrote)."
     )
 
 

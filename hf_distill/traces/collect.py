@@ -35,6 +35,9 @@ from hf_distill.data.reasoning import has_chat_template, plain_prompt
 from hf_distill.evaluation.answers import extract_answer
 from hf_distill.evaluation.generate import generate
 from hf_distill.evaluation.logic_match import arithmetic_errors
+from hf_distill.served.journal import RequestJournal
+from hf_distill.served.traces import ServedTraceTeacher, total_usage
+from hf_distill.served.traces import usage_line as _usage_line
 from hf_distill.teacher.live import load_teacher, load_teacher_tokenizer
 from hf_distill.traces.config import TraceConfig
 from hf_distill.traces.templates import get_template
@@ -54,7 +57,7 @@ class TraceManifestMismatch(ValueError):
 
 
 def collect_traces(
-    teacher: str | os.PathLike | nn.Module,
+    teacher: str | os.PathLike | nn.Module | None,
     tokenizer: PreTrainedTokenizerBase | None,
     dataset: Dataset,
     output_dir: str | os.PathLike,
@@ -64,8 +67,11 @@ def collect_traces(
     """Sample ``config.num_samples`` traces per problem from ``teacher`` and keep the verified, distinct ones.
 
     Args:
-        teacher: a causal LM, or a local path / hub id (loaded frozen with its saved tokenizer).
+        teacher: a causal LM, or a local path / hub id (loaded frozen with its saved tokenizer); None with
+            ``config.teacher_url``: a served teacher (an OpenAI-compatible server, :mod:`hf_distill.served`).
         tokenizer: the teacher's tokenizer (with its chat template); None to load it from ``teacher``'s directory.
+            A served teacher needs none (its server applies the chat template); with ``teacher_endpoint=
+            "completions"`` one is used, when given, to render the plain prompt as a local model would see it.
         dataset: GSM8K-format problems: a ``question`` column and an ``answer`` column ending in ``#### N``
             (:func:`~hf_distill.data.load_reasoning_dataset` renames other column names). Other columns (such as
             ``num_steps``) are carried over to every trace of the problem.
@@ -82,13 +88,21 @@ def collect_traces(
     """
     config = config or TraceConfig()
     golds = _gold_answers(dataset)
-    model, tokenizer, teacher_name = _teacher(teacher, tokenizer, config.device)
     template = get_template(config.template)
+    if config.teacher_url is not None:
+        if teacher is not None:
+            raise ValueError("Pass a teacher model or set config.teacher_url (a served teacher), not both.")
+        served = ServedTraceTeacher(config, tokenizer)
+        teacher_fields, teacher_name, conversational = served.manifest_fields(), served.model, served.conversational
+    else:
+        served = None
+        model, tokenizer, teacher_name = _teacher(teacher, tokenizer, config.device)
+        teacher_fields, conversational = {"name": teacher_name, "config_sha256": config_hash(model)}, None
     out = Path(output_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(out, {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "sampling": config.sampling_fields(),
-        "teacher": {"name": teacher_name, "config_sha256": config_hash(model)},
+        "teacher": teacher_fields,
         "dataset": {"fingerprint": _dataset_fingerprint(dataset), "num_problems": len(dataset)},
     })
     done = manifest.finished(lambda entry: _intact(out, entry, manifest.path))
@@ -98,12 +112,31 @@ def collect_traces(
             continue
         start, stop = index * config.shard_size, min(len(dataset), (index + 1) * config.shard_size)
         began = time.perf_counter()
-        table = _sample_shard(model, tokenizer, dataset, golds, range(start, stop), config, template, seed=index)
-        manifest.record(_write_shard(out, index, table))
+        if served is None:
+            table = _sample_shard(model, tokenizer, dataset, golds, range(start, stop), config, template, seed=index)
+            entry, rate = _write_shard(out, index, table), ""
+        else:
+            journal = RequestJournal(out / "requests" / f"shard-{index:05d}.jsonl")
+            texts, usage = served.sample_shard(dataset, range(start, stop), template, journal)
+            table = _checked_table(texts, golds, range(start, stop), config)
+            entry = {**_write_shard(out, index, table), "usage": usage}
+            rate = (f", {usage['requests']} requests ({usage['requests_per_s'] or 0:.2f}/s), "
+                    f"{usage['completion_tokens']} completion tokens ({usage['completion_tokens_per_s'] or 0:.1f}/s)"
+                    + (f", {len(journal.done) - usage['asked']} prompts from an interrupted run"
+                       if len(journal.done) > usage["asked"] else ""))
+        manifest.record(entry)
+        if served is not None:
+            journal.close(delete=True)  # the shard file supersedes it
         verified = sum(table.column("verified").to_pylist())
         log(f"traces: shard {index + 1}/{num_shards} (problems {start}-{stop - 1}): {table.num_rows} samples, "
-            f"{verified} verified ({verified / max(table.num_rows, 1):.1%}), {time.perf_counter() - began:.1f} s")
-    traces = _assemble(out, manifest.data, dataset, teacher_name, template.name, config, tokenizer)
+            f"{verified} verified ({verified / max(table.num_rows, 1):.1%}), {time.perf_counter() - began:.1f} s"
+            + rate)
+    if served is not None:
+        manifest.save(usage=total_usage(manifest.data["shards"]))
+        log(f"traces: served teacher {served.model}: {_usage_line(manifest.data['usage'])}")
+    if conversational is None:
+        conversational = has_chat_template(tokenizer)
+    traces = _assemble(out, manifest.data, dataset, teacher_name, template.name, config, conversational)
     problems = len(set(traces["problem_id"]))
     log(f"traces: kept {len(traces)} traces covering {problems}/{len(dataset)} problems in {out / 'dataset'}")
     return traces
@@ -172,6 +205,11 @@ def _sample_shard(model, tokenizer, dataset: Dataset, golds: list[str], rows: ra
         torch.manual_seed(config.seed + seed)
         texts, _ = generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size,
                             generation_kwargs=config.generation_kwargs())
+    return _checked_table(texts, golds, rows, config)
+
+
+def _checked_table(texts: list[str], golds: list[str], rows: range, config: TraceConfig) -> pa.Table:
+    """One row per sample (``num_samples`` consecutive texts per problem of ``rows``), checked against the gold."""
     columns: dict[str, list] = {name: [] for name in
                                 ("problem_id", "sample_index", "generation", "completion", "predicted_answer",
                                  "verified")}
@@ -192,17 +230,17 @@ def _write_shard(out: Path, index: int, table: pa.Table) -> dict:
     return {"index": index, "file": f"shards/{path.name}", "num_samples": table.num_rows, "sha256": sha256_file(path)}
 
 
-def _prompt_completion(questions: list[str], traces: list[str], tokenizer) -> dict[str, list]:
+def _prompt_completion(questions: list[str], traces: list[str], conversational: bool) -> dict[str, list]:
     """Chat turns, or the plain format of :func:`~hf_distill.data.reasoning.to_prompt_completion` for a tokenizer
     without a chat template (a base model)."""
-    if has_chat_template(tokenizer):
+    if conversational:
         return {"prompt": [[{"role": "user", "content": q}] for q in questions],
                 "completion": [[{"role": "assistant", "content": t}] for t in traces]}
     return {"prompt": [plain_prompt(q) for q in questions], "completion": [" " + t for t in traces]}
 
 
 def _assemble(out: Path, manifest: dict, dataset: Dataset, teacher: str, template: str, config: TraceConfig,
-              tokenizer: PreTrainedTokenizerBase) -> Dataset:
+              conversational: bool) -> Dataset:
     samples = Dataset(pa.concat_tables([pq.read_table(out / entry["file"]) for entry in manifest["shards"]]))
     errors = [arithmetic_errors(completion) for completion in samples["completion"]]
     if config.verify_arithmetic:
@@ -226,7 +264,7 @@ def _assemble(out: Path, manifest: dict, dataset: Dataset, teacher: str, templat
     samples = samples.select(keep)
     problems = dataset.select(samples["problem_id"])  # the input's columns, one row per kept trace
     extra = Dataset.from_dict({
-        **_prompt_completion(problems["question"], samples["completion"], tokenizer),
+        **_prompt_completion(problems["question"], samples["completion"], conversational),
         "teacher": [teacher] * len(samples), "prompt_template": [template] * len(samples),
         **{name: samples[name] for name in PROVENANCE_COLUMNS[2:]},
     })

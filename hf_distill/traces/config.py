@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from hf_distill.served.settings import ServedConnectionArguments
 from hf_distill.traces.templates import get_template
+
+ENDPOINTS = ("chat", "completions")
 
 
 @dataclass
-class TraceConfig:
+class TraceConfig(ServedConnectionArguments):
     """Settings of :func:`~hf_distill.traces.collect_traces` (and of ``hf-distill traces``, via `HfArgumentParser`).
 
     The sampling fields (template, num_samples, temperature, top_p, max_new_tokens, batch_size, seed, shard_size)
     decide the samples and are recorded in the output's manifest: a resumed run must use the same ones.
     ``keep_only_verified``, ``verify_arithmetic`` and ``dedupe`` only filter the final dataset and may change
     between runs.
+
+    With ``teacher_url`` the teacher is a server (:mod:`hf_distill.served`): each problem is one request for
+    ``num_samples`` choices (``n``; separate requests where the engine returns fewer), ``teacher_concurrency`` of
+    them in flight. The connection fields (url, key variable, concurrency, retries, timeout) may change between runs.
     """
 
     template: str = field(
@@ -48,8 +55,17 @@ class TraceConfig:
     device: str | None = field(
         default=None, metadata={"help": "Device for the teacher (default: cuda if available, else where it is)."}
     )
+    teacher_endpoint: str = field(
+        default="chat",
+        metadata={"help": "With teacher_url: 'chat' (/v1/chat/completions, the server applies the model's chat "
+                  "template) or 'completions' (/v1/completions with the plain-text prompt, for a base model).",
+                  "choices": list(ENDPOINTS)},
+    )
 
     def __post_init__(self):
+        self.check_served_connection()
+        if self.teacher_endpoint not in ENDPOINTS:
+            raise ValueError(f"TraceConfig.teacher_endpoint must be one of {ENDPOINTS}, got {self.teacher_endpoint!r}")
         get_template(self.template)  # unknown names fail here, with the list of templates
         for name in ("num_samples", "max_new_tokens", "batch_size", "shard_size"):
             if getattr(self, name) < 1:
@@ -66,8 +82,10 @@ class TraceConfig:
         """What decides the samples (recorded in the manifest; a resumed run must match it)."""
         template = get_template(self.template)
         values = asdict(self)
-        for name in ("keep_only_verified", "verify_arithmetic", "dedupe", "device"):
+        for name in ("keep_only_verified", "verify_arithmetic", "dedupe", "device", *_CONNECTION_FIELDS):
             values.pop(name)
+        if self.teacher_url is None:
+            values.pop("teacher_endpoint")  # a model in this process: its chat template decides
         values["template"] = {"name": template.name, "system": template.system, "user": template.user}
         return values
 
@@ -76,3 +94,9 @@ class TraceConfig:
             return {"do_sample": False}
         return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p,
                 "num_return_sequences": self.num_samples}
+
+
+_CONNECTION_FIELDS = ("teacher_url", "teacher_served_model", "teacher_api_key_env", "teacher_concurrency",
+                      "teacher_max_retries", "teacher_timeout")
+"""How to reach the server, not what it samples: free to change when a run is resumed (the served model's name is
+recorded as the teacher)."""

@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -23,8 +24,10 @@ from helpers import (
 )
 
 import hf_distill.cache.format as cache_module
+import hf_distill.cache.reader as reader_module
 import hf_distill.cache.writer as collect_module
 from hf_distill import DistillationTrainer
+from hf_distill.cache.convert import convert_cache
 from hf_distill.cache.format import CacheMismatchError, TeacherCacheError, example_key
 from hf_distill.cache.reader import TeacherCache
 from hf_distill.cache.writer import collect_teacher_cache, top_k_with_tail
@@ -189,7 +192,8 @@ def test_collected_cache_matches_a_direct_teacher_forward(tmp_path, tokenizer, t
     cache = TeacherCache(directory)
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_shards"] == 3 and manifest["temperature"] == 2.0
-    assert manifest["dtypes"] == {"token_ids": "uint16", "logprobs": "float32", "tail_logprob": "float32"}
+    assert manifest["format_version"] == 2 and len(tokenizer) <= 512  # ids packed at 9 bits
+    assert manifest["dtypes"] == {"token_ids": "uint9", "logprobs": "float32", "tail_logprob": "float32"}
     assert all(len(shard["sha256"]) == 64 for shard in manifest["shards"])
     trainer_view = DistillationTrainer(make_llama(len(tokenizer), 32, 1), tiny_config(tmp_path, temperature=2.0),
                                        train_dataset=prompt_completion(slice(0, 24)), processing_class=tokenizer,
@@ -214,9 +218,63 @@ def test_cache_reads_are_memory_mapped_and_compact(tmp_path, tokenizer, teacher)
     before = pa.total_allocated_bytes()
     cache = TeacherCache(directory)
     assert pa.total_allocated_bytes() - before < 0.02 * shard_bytes  # nothing but the key index is loaded
-    assert all(not shard.logprobs.flags.writeable for shard in cache._shards)  # views of the read-only map
+    assert all(isinstance(shard, reader_module._BlockShard) for shard in cache._shards)
     tokens = sum(json.loads((directory / "manifest.json").read_text())["shards"][i]["num_tokens"] for i in range(3))
-    assert shard_bytes / tokens < 32 * (2 + 2) + 4 + 16  # uint16 ids + float16 log-probs + float32 tail + overhead
+    format1 = convert_cache(directory, tmp_path / "format1", format_version=1)
+    format1_bytes = sum(shard["bytes"] for shard in format1["shards"])
+    assert shard_bytes < 0.75 * format1_bytes, (shard_bytes / tokens, format1_bytes / tokens)
+
+
+def test_reading_no_examples_gives_empty_arrays(tmp_path, tokenizer, teacher):
+    cache = TeacherCache(_collect(tmp_path, tokenizer, teacher, top_k=8))
+    ids, logprobs, tail, counts = cache.read(np.array([], dtype=np.int64))
+    assert ids.shape == logprobs.shape == (0, 8) and tail.shape == counts.shape == (0,)
+    ids, logprobs, tail, counts = cache.read(np.sort(cache._keys)[:1])  # and one example still reads
+    assert ids.shape[0] == logprobs.shape[0] == tail.shape[0] == counts[0] > 0
+
+
+def _rows_of(cache):
+    keys = np.sort(cache._keys)
+    return keys, cache.read(keys)
+
+
+@pytest.mark.parametrize("logprob_dtype", ["float16", "float32"])
+def test_format1_caches_still_read_and_convert_to_format2_and_back(tmp_path, tokenizer, teacher, logprob_dtype):
+    directory = _collect(tmp_path, tokenizer, teacher, logprob_dtype="float32")
+    exact_keys, (ids, logprobs, tail, counts) = _rows_of(TeacherCache(directory))
+    old = convert_cache(directory, tmp_path / "v1", format_version=1, logprob_dtype=logprob_dtype)
+    assert old["format_version"] == 1 and old["dtypes"]["token_ids"] == "uint16"
+    v1 = TeacherCache(tmp_path / "v1")  # checksums verified, as for format 2
+    assert v1.format_version == 1 and isinstance(v1._shards[0], reader_module._Shard)
+    keys, (v1_ids, v1_logprobs, v1_tail, v1_counts) = _rows_of(v1)
+    assert np.array_equal(keys, exact_keys) and np.array_equal(v1_ids, ids) and np.array_equal(v1_counts, counts)
+    assert v1_logprobs.dtype == np.dtype(logprob_dtype) and np.array_equal(v1_tail, tail)
+    np.testing.assert_allclose(v1_logprobs, logprobs, rtol=1e-3 if logprob_dtype == "float16" else 0, atol=0)
+    v1.check(tokenizer=tokenizer, temperature=1.0, datasets={"train": v1_dataset(tmp_path, tokenizer, teacher)})
+
+    upgraded = convert_cache(tmp_path / "v1", tmp_path / "v2", logprob_dtype=logprob_dtype)  # format 2 by default
+    assert upgraded["format_version"] == 2 and upgraded["dataset"] == old["dataset"]
+    _, (v2_ids, v2_logprobs, v2_tail, _) = _rows_of(TeacherCache(tmp_path / "v2"))
+    assert np.array_equal(v2_ids, ids) and np.array_equal(v2_tail, tail)
+    np.testing.assert_allclose(v2_logprobs, v1_logprobs, rtol=0, atol=2**-11 if logprob_dtype == "float16" else 0)
+    with pytest.raises(FileExistsError, match="not empty"):
+        convert_cache(tmp_path / "v1", tmp_path / "v2")
+
+
+def v1_dataset(tmp_path, tokenizer, teacher):
+    from hf_distill.cache.writer import prepare_like_trainer
+
+    dataset, _ = prepare_like_trainer(teacher, tiny_config(tmp_path), prompt_completion(slice(0, 24)), tokenizer)
+    return dataset
+
+
+def test_a_cache_of_an_unknown_format_version_is_refused_naming_the_field(tmp_path, tokenizer, teacher):
+    directory = _collect(tmp_path, tokenizer, teacher)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    (directory / "manifest.json").write_text(json.dumps({**manifest, "format_version": 3}))
+    with pytest.raises(CacheMismatchError, match="format version 3.*reads versions 1, 2") as error:
+        TeacherCache(directory)
+    assert error.value.field == "format_version"
 
 
 def _shard_stats(directory):
@@ -322,7 +380,7 @@ def test_cache_made_for_another_run_fails_at_construction_naming_the_field(tmp_p
 
 
 def test_teacher_cache_and_teacher_model_are_exclusive(tmp_path, tokenizer, teacher):
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="got teacher_model and teacher_cache: keep one"):
         DistillationTrainer(make_llama(len(tokenizer), 32, 1), tiny_config(tmp_path, teacher_cache=str(tmp_path)),
                             train_dataset=prompt_completion(slice(0, 24)), processing_class=tokenizer, teacher_model=teacher)
 

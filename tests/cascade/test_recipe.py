@@ -62,7 +62,7 @@ def test_every_shipped_recipe_validates_and_plans_offline():
         ({"stages__0__training": {"output_dir": "x"}}, r"\['output_dir'\] are set by the cascade"),
         ({"stages__0__student": {"shrink": {"layer_strategy": "middle"}}}, r"student\.shrink: .*'middle': use one "
                                                                            r"of \['uniform', 'first', 'last', "
-                                                                           r"'explicit'\]"),
+                                                                           r"'explicit', 'importance'\]"),
         ({"stages__0__student": {"shrink": {"num_layer": 2}}}, r"shrink: unknown key 'num_layer' \(did you mean "
                                                                r"'num_layers'\?\)"),
         ({"stages__0__student": {"model": "x", "shrink": {}}}, r"drop `model`/`config`"),

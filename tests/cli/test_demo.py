@@ -39,6 +39,17 @@ def demo_copy(finished_demo, tmp_path):
     return tmp_path / "demo"
 
 
+def test_fast_demo_reports_standard_errors_and_the_paired_difference(finished_demo):
+    tmp_path, result = finished_demo
+    n = DemoSettings.fast().n_test
+    for row in result.rows.values():
+        assert row["n"] == n and row["accuracy_se"] == pytest.approx(
+            (row["accuracy"] * (1 - row["accuracy"]) / (n - 1)) ** 0.5)
+    assert result.comparison["n"] == n
+    assert result.comparison["difference"] == pytest.approx(
+        result.rows["student-kd"]["accuracy"] - result.rows["student-sft"]["accuracy"])
+
+
 def test_fast_demo_writes_reloadable_models_and_results(finished_demo):
     tmp_path, result = finished_demo
     assert set(result.rows) == {"teacher", "student-kd", "student-sft"}
@@ -85,7 +96,7 @@ def test_default_student_is_at_least_4x_smaller_than_teacher():
 def test_cli_demo_fast_prints_the_table(demo_copy, capsys):
     assert main(["demo", "--fast", "--output_dir", str(demo_copy)]) == 0
     out = capsys.readouterr().out
-    assert "student, logit KD" in out and "exact match" in out
+    assert "student, KD" in out and "exact match" in out and "paired s.e." in out
 
 
 def test_cli_without_command_prints_usage(capsys):
@@ -104,9 +115,13 @@ def test_shipped_recipe_holds_the_default_settings_and_ships_in_the_wheel():
 def test_default_recipe_is_the_measured_demo():
     recipe = demo_recipe()
     teacher, kd, sft = recipe.stages
-    assert (teacher.methods, kd.methods, sft.methods) == (["sft"], ["logit"], ["sft"])
+    assert (teacher.methods, kd.methods, sft.methods) == (["sft"], ["traces", "logit"], ["sft"])
     assert teacher.training["max_steps"] == 1500 and kd.training["max_steps"] == sft.training["max_steps"] == 600
-    assert (kd.training["kd_loss"], kd.training["alpha"], kd.training["temperature"]) == ("reverse_kl", 0.8, 1.0)
+    assert (kd.training["kd_loss"], kd.training["alpha"], kd.training["temperature"]) == ("forward_kl", 0.5, 1.0)
+    # the few-labels setting: the teacher's labelled problems, unlabelled questions after them, the student's labels
+    assert (teacher.data.train_split, kd.data.train_split, sft.data.train_split) == (
+        "train[:4000]", "train[4000:6000]", "train[:300]")
+    assert kd.traces["keep_only_verified"] is False  # the unlabelled questions' gold answers are never read
     assert kd.student.shrink == sft.student.shrink == DemoSettings().student
     assert (kd.teacher_stage, sft.teacher_stage, sft.baseline, kd.baseline) == ("teacher", "teacher", True, False)
     plans = build_plan(recipe)

@@ -92,3 +92,38 @@ def test_a_narrower_real_student_is_the_teachers_slices_reloads_and_has_the_plan
     recipe = parse_recipe({"name": "real", "teacher": {"model": str(path)}, "stages": [
         {"name": "narrow", "method": "logit", "student": {"shrink": spec.to_dict()}, "training": {"max_steps": 1}}]})
     assert build_plan(recipe)[0].student_params == count_parameters(reloaded) < count_parameters(teacher) / 2
+
+
+CALIBRATION = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
+               "clips did Natalia sell altogether in April and May? Natalia sold 48/2 = 24 clips in May.",
+               "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much "
+               "did she earn? Weng earns 12/60 = $0.2 per minute. Working 50 minutes, she earned 0.2 x 50 = $10."]
+HELD_OUT = ("Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. Her "
+            "parents decided to give her $15 for that purpose, and her grandparents twice as much as her parents.")
+
+
+def test_importance_pruning_of_smollm2_keeps_far_more_of_the_teacher_than_uniform_pruning(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    from hf_distill.models.importance import calibration_batches
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    calibration = calibration_batches([{"input_ids": tokenizer(t)["input_ids"][:48]} for t in CALIBRATION], 2,
+                                      tokenizer.pad_token_id)
+    ids = tokenizer(HELD_OUT, return_tensors="pt")["input_ids"]  # (1, ~45)
+
+    def held_out_ce(model) -> float:
+        with torch.no_grad():
+            logits = model.eval()(ids).logits[0, :-1]
+        return float(torch.nn.functional.cross_entropy(logits, ids[0, 1:]))
+
+    size = dict(num_layers=20, intermediate_size=1024)  # ~1/2 of the non-embedding parameters
+    uniform, _ = shrink_model(teacher, ShrinkSpec(**size))
+    ranked, plan = shrink_model(teacher, ShrinkSpec(**size, layer_strategy="importance", width_strategy="activation"),
+                                calibration=calibration)
+    assert len(plan.layers) == 20 and len(plan.scores["layer_scores"]) == 30 and 0 in plan.layers
+    assert 0.5 < plan.scores["activation_kept"]["neurons"] < 1.0
+    teacher_ce, uniform_ce, ranked_ce = held_out_ce(teacher), held_out_ce(uniform), held_out_ce(ranked)
+    # measured: teacher ~2, uniform ~12, importance ~4 nats/token (benchmarks/prune_recover.py: 12.8 vs 4.3)
+    assert ranked_ce < uniform_ce - 3 and ranked_ce < 3 * teacher_ce

@@ -172,10 +172,10 @@ def test_disk_full_while_writing_a_cache_shard_keeps_finished_shards_and_a_rerun
     reference = collect("reference")
     real_new_stream = pa.ipc.new_stream
 
-    def new_stream(sink, schema):
+    def new_stream(sink, schema, **options):
         if "shard-00001" in sink.name:  # the second shard runs out of space half-way
-            return real_new_stream(_FullDisk(sink, budget=600), schema)
-        return real_new_stream(sink, schema)
+            return real_new_stream(_FullDisk(sink, budget=600), schema, **options)
+        return real_new_stream(sink, schema, **options)
 
     monkeypatch.setattr(collect_module.pa.ipc, "new_stream", new_stream)
     with pytest.raises(OSError, match="shard-00001.arrow failed.*No space left.*Fix: free disk space.*re-run") as error:

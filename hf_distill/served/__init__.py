@@ -1,0 +1,1 @@
+"""Teachers behind an OpenAI-compatible inference server (vLLM, SGLang, llama.cpp, hosted APIs)."""
