@@ -40,7 +40,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from hf_distill.losses.chunked import LossOutput, _combine, _float32_math, loss_normalizer  # _combine: alpha mix
+from hf_distill.losses.chunked import (  # _combine: alpha mix
+    LossOutput,
+    _combine,
+    _float32_math,
+    loss_normalizer,
+)
 
 CROSS_TOKENIZER_LOSSES = ("uld", "align")
 
