@@ -27,12 +27,9 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,26 +41,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
+from hf_distill.deploy.server import serving  # noqa: E402
+
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
-
-
-def start_server(gguf: Path, log: Path) -> tuple[subprocess.Popen, str, float]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                                "--port", str(port), "--logits_all", "true", "--n_ctx", "1024", "--n_threads", "2"],
-                               stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    while True:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2)
-            return process, url, time.perf_counter() - started
-        except OSError:
-            if process.poll() is not None or time.perf_counter() - started > 180:
-                raise RuntimeError(f"llama_cpp.server did not start; see {log}")
-            time.sleep(0.2)
 
 
 def problems(n: int) -> Dataset:
@@ -174,15 +154,15 @@ def main() -> None:
 
     gguf, model_dir = real_model_gguf("smollm2-135m-instruct"), real_model_dir("smollm2-135m-instruct")
     work = Path(tempfile.mkdtemp(prefix="served_bench"))
-    process, url, start_seconds = start_server(gguf, work / "server.log")
-    try:
-        rows = [("server start", start_seconds, None, None)]
-        rows += bench_traces(url, model_dir, problems(args.problems), args.max_new_tokens, work)
-        cache_rows, numbers = bench_cache(url, model_dir, args.examples, work, args.steps)
-        rows += cache_rows
+    started = time.perf_counter()
+    try:  # hf-distill serve's launcher, with the flag prompt log-probabilities need
+        with serving(gguf, n_ctx=1024, n_threads=2, log_path=work / "server.log", timeout=180,
+                     extra=["--logits_all", "true"]) as server:
+            rows = [("server start", time.perf_counter() - started, None, None)]
+            rows += bench_traces(server.url, model_dir, problems(args.problems), args.max_new_tokens, work)
+            cache_rows, numbers = bench_cache(server.url, model_dir, args.examples, work, args.steps)
+            rows += cache_rows
     finally:
-        process.terminate()
-        process.wait(10)
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine: numbers are noisy)")
     print(f"{'row':<36} {'seconds':>9} {'items/s':>9} {'tokens/s | bytes/token':>24}")

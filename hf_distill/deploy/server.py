@@ -73,15 +73,17 @@ def wait_until_ready(url: str, process: subprocess.Popen | None = None, timeout:
 
 @contextlib.contextmanager
 def serving(gguf_path: str | os.PathLike, port: int | None = None, n_ctx: int = 2048, n_threads: int | None = None,
-            log_path: str | os.PathLike | None = None, timeout: float = 120.0) -> Iterator[RunningServer]:
+            log_path: str | os.PathLike | None = None, timeout: float = 120.0,
+            extra: list[str] = ()) -> Iterator[RunningServer]:
     """Start llama.cpp's server for ``gguf_path`` on a loopback port (a free one unless ``port``), wait until it
-    answers, and stop it (SIGTERM, then SIGKILL) on exit. Its output goes to ``log_path`` (default: discarded)."""
+    answers, and stop it (SIGTERM, then SIGKILL) on exit. Its output goes to ``log_path`` (default: discarded).
+    ``extra``: more server flags, e.g. ``["--logits_all", "true"]`` for a teacher scored on prompt log-probs."""
     require_llama_cpp("serving a GGUF file")
     if not Path(gguf_path).is_file():
         raise FileNotFoundError(f"{gguf_path} does not exist: export one with `hf-distill export STUDENT --gguf X`")
     port = port or free_port()
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(server_command(gguf_path, port=port, n_ctx=n_ctx, n_threads=n_threads),
+    process = subprocess.Popen(server_command(gguf_path, port=port, n_ctx=n_ctx, n_threads=n_threads, extra=extra),
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -9,20 +9,16 @@ pip install "llama-cpp-python[server]"
 
 import importlib.util
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 from datasets import Dataset
-from helpers import subprocess_env, tiny_config
+from helpers import tiny_config
 
 from hf_distill import DistillationTrainer
 from hf_distill.cache.reader import TeacherCache
 from hf_distill.cache.writer import collect_teacher_cache
+from hf_distill.deploy.server import serving
 from hf_distill.models.gguf import load_tokenizer
 from hf_distill.served.llama_cpp import AmbiguousTokenError
 from hf_distill.served.teacher import ServedTeacher
@@ -38,42 +34,15 @@ pytestmark = [
 TEXTS = ["The capital of France is Paris.", "Two plus three is five.", "Cats like to sleep."]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_server(smollm2_gguf, tmp_path_factory):
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("llama_server") / "server.log", "w+b")  # a pipe would fill up and block it
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf), "--host", "127.0.0.1",
-               "--port", str(port), "--logits_all", "true", "--n_ctx", "512", "--n_threads", "2"]
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}/v1"
-    started = time.perf_counter()
+    # hf-distill serve's own launcher, with the flag a teacher scored on prompt log-probabilities needs
+    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
     try:
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"llama_cpp.server exited ({process.returncode}): {log.read().decode()[-2000:]}")
-            try:
-                urllib.request.urlopen(url + "/models", timeout=2)
-                break
-            except OSError:
-                if time.perf_counter() - started > 120:
-                    pytest.fail("llama_cpp.server did not answer within 120 s")
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        with serving(smollm2_gguf, n_ctx=512, n_threads=2, log_path=log_path, extra=["--logits_all", "true"]) as server:
+            yield server.url
+    except (RuntimeError, TimeoutError) as error:
+        pytest.fail(f"{error}: {log_path.read_text()[-2000:] if log_path.exists() else ''}")
 
 
 @pytest.fixture(scope="module")
