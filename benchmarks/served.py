@@ -7,18 +7,24 @@ loopback port, ``--logits_all true``); the in-process teacher is the same checkp
 ``server start``   seconds from launching ``python -m llama_cpp.server`` to its first ``/v1/models`` answer.
 ``traces``         ``collect_traces`` on the first ``--problems`` GSM8K test questions (template step_by_step, one
                    sample, ``--max-new-tokens``): traces/s and completion tokens/s, served (``teacher_concurrency``
-                   1 and 2) vs in-process ``generate`` (batch of all problems).
+                   ``--concurrency``, default 1, 2, 4) vs in-process ``generate`` (batch of all problems).
 ``cache``          ``collect_teacher_cache`` over ``--examples`` GSM8K answers (prompt-completion, max_length 96,
                    k 8): seconds, bytes per loss token, top-1 agreement with the in-process cache where llama.cpp can
                    name the token (``teacher_ambiguous_tokens='tail'``).
 ``online KD``      seconds per step of ``DistillationTrainer`` (a 1-layer student with SmolLM2's vocabulary, batch 2,
                    ``--steps`` steps after one warm-up): from the server, from the served cache, with the in-process
                    teacher.
+``processes``      ``hf-distill traces`` with an in-process tiny teacher (a random 2-layer Llama with SmolLM2's
+                   tokenizer) on ``--mp-problems`` arithmetic problems (2 samples, 32 new tokens), in 1 process
+                   (1 thread, then all threads) and under ``accelerate launch --num_processes 2`` (one thread
+                   each): wall seconds including start-up, and the collection's own seconds (the sum of the slowest
+                   rank's shard times), with traces/s.
 
 The CPU is shared with other jobs: numbers are noisy; the load average is printed with the table. Usage::
 
     python benchmarks/served.py                       # ~5-10 minutes on 2 busy cores
     python benchmarks/served.py --problems 2 --examples 2 --steps 1 --max-new-tokens 16   # a quick look
+    python benchmarks/served.py --sections traces,processes      # the traces rows and 1 vs 2 processes only
 """
 
 from __future__ import annotations
@@ -51,13 +57,13 @@ def problems(n: int) -> Dataset:
     return Dataset.from_list([{"question": r["question"], "answer": r["answer"]} for r in rows])
 
 
-def bench_traces(url, model_dir, data, max_new_tokens, work: Path) -> list[tuple]:
+def bench_traces(url, model_dir, data, max_new_tokens, work: Path, concurrencies=(1, 2)) -> list[tuple]:
     from hf_distill.traces import TraceConfig, collect_traces
 
     common = dict(template="step_by_step", num_samples=1, temperature=0.0, max_new_tokens=max_new_tokens,
                   keep_only_verified=False, dedupe=False, shard_size=len(data), batch_size=len(data))
     rows = []
-    for concurrency in (1, 2):
+    for concurrency in concurrencies:
         out = work / f"traces_served_{concurrency}"
         began = time.perf_counter()
         collect_traces(None, None, data, out, TraceConfig(teacher_url=url, teacher_concurrency=concurrency, **common),
@@ -73,7 +79,8 @@ def bench_traces(url, model_dir, data, max_new_tokens, work: Path) -> list[tuple
     began = time.perf_counter()
     traces = collect_traces(str(model_dir), tokenizer, data, out, TraceConfig(**common), log=lambda line: None)
     seconds = time.perf_counter() - began
-    tokens = sum(len(tokenizer(g)["input_ids"]) for g in Dataset.from_parquet(str(out / "shards" / "shard-00000.parquet"))["generation"])
+    generations = Dataset.from_parquet(str(out / "shards" / "shard-00000.parquet"))["generation"]
+    tokens = sum(len(tokenizer(g)["input_ids"]) for g in generations)
     del traces
     rows.append(("traces, in-process generate", seconds, len(data) / seconds, tokens / seconds))
     return rows
@@ -142,37 +149,91 @@ def bench_cache(url, model_dir, n, work: Path, steps: int) -> tuple[list[tuple],
     return table, numbers
 
 
+def bench_processes(work: Path, n: int, max_new_tokens: int) -> list[tuple]:
+    """``hf-distill traces`` with a tiny in-process teacher: 1 process vs 2 under ``accelerate launch``."""
+    import re
+    import subprocess
+
+    from hf_distill.models.build import random_llama
+    from hf_distill.models.gguf import load_tokenizer
+    from hf_distill.models.real import real_model_dir
+
+    tokenizer = load_tokenizer(real_model_dir("smollm2-135m-instruct"))
+    teacher = work / "tiny_teacher"
+    random_llama(0, vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True).save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    flags = ["-m", "hf_distill", "traces", "--teacher_model_name_or_path", str(teacher), "--dataset_name",
+             "arithmetic", "--num_examples", str(n), "--num_samples", "2", "--shard_size", "4", "--batch_size", "8",
+             "--max_new_tokens", str(max_new_tokens), "--temperature", "0.7", "--no_keep_only_verified", "--no_dedupe"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "recipes" / "accelerate" / "ddp.yaml"), "--num_processes", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    rows = []
+    for name, command, threads in (("1 process, 1 thread", [sys.executable], "1"),
+                                   (f"1 process, {os.cpu_count()} threads", [sys.executable], str(os.cpu_count())),
+                                   ("2 processes, 1 thread each", launch, "1")):
+        out = work / f"processes_{len(rows)}"
+        began = time.perf_counter()
+        result = subprocess.run([*command, *flags, "--output_dir", str(out)], env={**env, "OMP_NUM_THREADS": threads},
+                                capture_output=True, text=True, timeout=1800)
+        wall = time.perf_counter() - began
+        if result.returncode != 0:
+            raise RuntimeError(f"{name} failed: {result.stderr[-2000:]}")
+        per_rank: dict[str, float] = {}
+        for rank, seconds in re.findall(r"traces: (rank \d+/\d+: )?shard \d+/\d+ .*?, ([\d.]+) s", result.stdout):
+            per_rank[rank] = per_rank.get(rank, 0.0) + float(seconds)
+        collection = max(per_rank.values())
+        rows.append((f"tiny teacher, {name}: wall", wall, 2 * n / wall, None))
+        rows.append((f"tiny teacher, {name}: collect", collection, 2 * n / collection, None))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--problems", type=int, default=4)
     parser.add_argument("--examples", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--concurrency", default="1,2,4", help="teacher_concurrency values for the served traces")
+    parser.add_argument("--sections", default="traces,cache,processes")
+    parser.add_argument("--mp-problems", type=int, default=64)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    numbers = {}
     from hf_distill.models.real import real_model_dir, real_model_gguf
 
     gguf, model_dir = real_model_gguf("smollm2-135m-instruct"), real_model_dir("smollm2-135m-instruct")
     work = Path(tempfile.mkdtemp(prefix="served_bench"))
     started = time.perf_counter()
+    rows = []
     try:  # hf-distill serve's launcher, with the flag prompt log-probabilities need
-        with serving(gguf, n_ctx=1024, n_threads=2, log_path=work / "server.log", timeout=180,
-                     extra=["--logits_all", "true"]) as server:
-            rows = [("server start", time.perf_counter() - started, None, None)]
-            rows += bench_traces(server.url, model_dir, problems(args.problems), args.max_new_tokens, work)
-            cache_rows, numbers = bench_cache(server.url, model_dir, args.examples, work, args.steps)
-            rows += cache_rows
+        if sections & {"traces", "cache"}:
+            with serving(gguf, n_ctx=1024, n_threads=2, log_path=work / "server.log", timeout=180,
+                         extra=["--logits_all", "true"]) as server:
+                rows = [("server start", time.perf_counter() - started, None, None)]
+                if "traces" in sections:
+                    rows += bench_traces(server.url, model_dir, problems(args.problems), args.max_new_tokens, work,
+                                         [int(c) for c in args.concurrency.split(",")])
+                if "cache" in sections:
+                    cache_rows, numbers = bench_cache(server.url, model_dir, args.examples, work, args.steps)
+                    rows += cache_rows
+        if "processes" in sections:
+            rows += bench_processes(work, args.mp_problems, 32)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine: numbers are noisy)")
-    print(f"{'row':<36} {'seconds':>9} {'items/s':>9} {'tokens/s | bytes/token':>24}")
+    print(f"{'row':<48} {'seconds':>9} {'items/s':>9} {'tokens/s | bytes/token':>24}")
     for name, seconds, rate, extra in rows:
         unit = "" if rate is None else f"{rate:9.3f}"
-        print(f"{name:<36} {seconds:9.2f} {unit:>9} {'' if extra is None else f'{extra:24.1f}'}")
-    print(f"cache top-1 agreement where llama.cpp names the token: {numbers['top1_agreement_nameable']:.3f} "
-          f"({numbers['nameable_fraction']:.0%} of loss tokens)")
+        print(f"{name:<48} {seconds:9.2f} {unit:>9} {'' if extra is None else f'{extra:24.1f}'}")
+    if numbers:
+        print(f"cache top-1 agreement where llama.cpp names the token: {numbers['top1_agreement_nameable']:.3f} "
+              f"({numbers['nameable_fraction']:.0%} of loss tokens)")
     print("traces: items/s = traces/s, last column = completion tokens/s; cache: items/s = loss tokens/s, last "
-          "column = bytes per loss token; online KD: seconds per optimizer step (median)")
+          "column = bytes per loss token; online KD: seconds per optimizer step (median); processes: items/s = "
+          "traces/s")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, **numbers}, indent=1))
 

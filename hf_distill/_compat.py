@@ -55,6 +55,8 @@ def moved_module(old: str, *new: str):
 #   transformers.Trainer._save_checkpoint(model, trial), ._save_optimizer_and_scheduler(output_dir),
 #       ._get_train_sampler(train_dataset=None) -> trainer.DistillationTrainer
 #   trl.SFTTrainer._tag_names (the tags SFTTrainer adds to the model), read by cards.trainer -> DistillationTrainer
+#   transformers.Trainer._save(output_dir, state_dict), ._load_from_checkpoint(resume_from_checkpoint, model=None),
+#       ._load_optimizer_and_scheduler(checkpoint) -> trainer.DistillationTrainer with fully_shard (training.fsdp)
 #
 # Gone already: transformers 5 no longer keeps ``config._commit_hash`` (it pops it in PretrainedConfig.__init__), so
 # the ``getattr(config, "_commit_hash", None)`` in cache.writer and cards.trainer is always None there.
@@ -83,6 +85,21 @@ def prepare_fsdp(model, accelerator):
     from trl.models.utils import prepare_fsdp as prepare
 
     return prepare(model, accelerator)
+
+
+def mark_model_sharded(trainer) -> None:
+    """Tell `Trainer` that ``trainer.model`` already owns its sharding and gradient reduction (FSDP2 applied by
+    hf_distill.training.fsdp), through its undocumented ``is_distributed_loading_by_transformers`` flag (read from
+    ``model.is_distributed_loading_by_transformers`` in ``__init__``; transformers sets it for models sharded by
+    ``from_pretrained(distributed_config=...)``). With it ``_prepare_for_training`` reshards FSDP modules before
+    building the optimizer, asks accelerate for autocast only (no DDP wrapper, no second sharding) and defers gradient
+    reduction with ``set_requires_gradient_sync`` under gradient accumulation. Set after ``__init__``, whose check of
+    the same flag refuses optimizer checkpoints (ours are DCP, see training.fsdp)."""
+    if not hasattr(trainer, "is_distributed_loading_by_transformers"):
+        raise RuntimeError("this transformers Trainer has no `is_distributed_loading_by_transformers`, which "
+                           "fully_shard relies on to keep accelerate from wrapping a sharded model: pin "
+                           "transformers>=5.24 or drop fully_shard.")
+    trainer.is_distributed_loading_by_transformers = True
 
 
 def sft_tokenizer(trainer):

@@ -19,6 +19,7 @@ from hf_distill.models.quantization import QUANTIZATION_MODES
 from hf_distill.objectives.codistill import check_codistill_settings
 from hf_distill.on_policy.settings import OnPolicyArguments
 from hf_distill.served.settings import ServedTeacherArguments
+from hf_distill.training.fsdp import check_fully_shard_settings
 from hf_distill.training.redact import RedactedTokens
 from hf_distill.utils.device import has_bf16_accelerator
 
@@ -158,6 +159,14 @@ class DistillationConfig(RedactedTokens, ServedTeacherArguments, CrossTokenizerA
         default=1,
         metadata={"help": "Epochs ordered easy to hard before shuffling uniformly (with `curriculum`)."},
     )
+    fully_shard: bool = field(
+        default=False,
+        metadata={"help": "Shard the student and a live teacher across the launched processes with PyTorch's FSDP2 "
+                  "(`torch.distributed.fsdp.fully_shard`, one unit per decoder layer plus the root), applied by the "
+                  "trainer itself: the FSDP that runs on CPU processes over gloo, where accelerate drops its FSDP "
+                  "plugin with `use_cpu`. Launch with torchrun or `accelerate launch` (recipes/accelerate/README.md); "
+                  "see hf_distill.training.fsdp for what is sharded, saved and refused."},
+    )
     # TRL's field with a new default (None): loss on the assistant turns of conversations whatever the template.
     assistant_only_loss: bool | None = field(
         default=None,
@@ -182,6 +191,7 @@ class DistillationConfig(RedactedTokens, ServedTeacherArguments, CrossTokenizerA
         _check_teacher_quantization(self)
         check_feature_settings(self)
         check_codistill_settings(self)
+        check_fully_shard_settings(self)
         self.check_served_teacher_settings()
         self.check_cross_tokenizer_settings()
         self.check_on_policy_settings()

@@ -46,9 +46,11 @@ from hf_distill.objectives.codistill import (
     unfreeze_teacher,
 )
 from hf_distill.objectives.logit import logit_distillation
+from hf_distill.models.moe import router_logits_off
 from hf_distill.on_policy import attach_on_policy, refuse_cache_when_generating
 from hf_distill.teacher.live import LiveTeacher, load_teacher, load_teacher_tokenizer
 from hf_distill.teacher.vocab import check_same_tokenizer, shared_vocab_size
+from hf_distill.training import fsdp
 from hf_distill.training.batch_checks import (
     check_columns,
     check_not_empty,
@@ -117,6 +119,9 @@ class DistillationTrainer(PreparingSFTTrainer):
         # `Trainer` counts `num_items_in_batch` (the loss tokens of the whole accumulated batch) only for models
         # that accept loss kwargs; our loss always uses it.
         self.model_accepts_loss_kwargs = True
+        router_logits_off(self.model)
+        if args.fully_shard:  # FSDP2 by the trainer itself (hf_distill.training.fsdp), before any optimizer exists
+            fsdp.shard_student(self)
         keep_4bit_trainable(self.model)  # a QLoRA student must not switch to bnb's CPU inference kernel after eval
         self._forward_redirection = forward_redirection()
         self._aligned, self._extra_modules, self._extra_param_groups = None, {}, []  # see _setup_latent_alignment
@@ -213,6 +218,8 @@ class DistillationTrainer(PreparingSFTTrainer):
             return LiveTeacher(prepare_deepspeed(teacher, self.accelerator), teacher)
         if self.is_fsdp_enabled:
             return LiveTeacher(prepare_fsdp(teacher, self.accelerator), teacher)
+        if self.args.fully_shard:
+            return fsdp.shard_teacher(teacher, self.accelerator.device)
         has_device_map = bool(getattr(teacher, "hf_device_map", None))
         if not has_device_map:  # a teacher dispatched with device_map stays where it was put
             teacher = teacher.to(torch.device(device) if device else self.accelerator.device)
@@ -226,9 +233,20 @@ class DistillationTrainer(PreparingSFTTrainer):
             raise discard_failed_save(folder, error) from error
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.args.fully_shard:  # sharded model + optimizer (DCP), what resuming loads
+            return fsdp.save_sharded_checkpoint(self, output_dir)
         super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:  # beside their optimizer state, before trainer_state.json marks the save complete
             save_extra_modules(self._extra_modules, output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not self.args.fully_shard:  # sharded: the weights come back with the optimizer, below
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if self.args.fully_shard and checkpoint is not None:
+            return fsdp.load_sharded_checkpoint(self, checkpoint)
+        super()._load_optimizer_and_scheduler(checkpoint)
 
     @property
     def teacher_model(self) -> nn.Module | None:
@@ -310,7 +328,10 @@ class DistillationTrainer(PreparingSFTTrainer):
         return output
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
+        if self.args.fully_shard:  # every rank gathers, rank 0 writes a plain model
+            fsdp.save_full_model(self, output_dir or self.args.output_dir)
+        else:
+            super().save_model(output_dir, _internal_call)
         if self.args.should_save:  # the card goes with the weights, whatever `save_strategy` says
             from hf_distill.cards.trainer import save_card, trainer_card
 

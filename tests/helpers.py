@@ -151,3 +151,31 @@ def skipping_layers(layers: nn.ModuleList, keep: list[int]):
     finally:
         for i, layer in enumerate(original):
             layers[i] = layer
+
+
+def saved_student_and_teacher(tmp_path):
+    """A 16x1 student and a 32x1 teacher saved with a shared byte-level BPE: local checkpoints for CLI tests."""
+    from hf_distill.data.tokenizer import train_tokenizer
+    from hf_distill.models.build import ModelSize, build_llama
+
+    tokenizer = train_tokenizer(["Tom has 12 apples. He has 12+3 = <<12+3=15>>15 apples.\n#### 15"] * 20,
+                                vocab_size=300)
+    for name, size in (("student", ModelSize(16, 1, 2)), ("teacher", ModelSize(32, 1, 2))):
+        build_llama(tokenizer, size).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    return tmp_path / "student", tmp_path / "teacher"
+
+
+def save_arithmetic_teacher(folder, hidden: int = 32, **config):
+    """A tiny 2-layer Llama and the cascade's byte-level BPE (with its chat template) trained on arithmetic problems,
+    saved in ``folder`` as a cascade teacher."""
+    from hf_distill.data.arithmetic import make_arithmetic_dataset
+    from hf_distill.data.tokenizer import train_tokenizer
+
+    data = make_arithmetic_dataset(n_train=64, n_test=0, seed=0)["train"]
+    tokenizer = train_tokenizer(list(data["question"]) + list(data["answer"]), vocab_size=300)
+    model = make_llama(len(tokenizer), hidden=hidden, layers=2, seed=0, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -278,3 +278,26 @@ def test_sft_trainer_tags_the_model_with_its_tag_names(sft):
 
     assert SFTTrainer._tag_names == ["trl", "sft"]
     assert set(SFTTrainer._tag_names) <= set(sft.model.model_tags)
+
+
+def test_mark_model_sharded_sets_the_flag_trainer_reads_to_skip_wrapping(sft):
+    from transformers import Trainer
+
+    from hf_distill._compat import mark_model_sharded
+
+    assert sft.is_distributed_loading_by_transformers is False  # read from the model in __init__
+    for method in (Trainer._prepare_for_training, Trainer._run_epoch):  # no DDP wrapper / its own no_sync
+        assert "self.is_distributed_loading_by_transformers" in inspect.getsource(method)
+    mark_model_sharded(sft)
+    try:
+        assert sft.is_distributed_loading_by_transformers is True
+    finally:
+        sft.is_distributed_loading_by_transformers = False  # the module-scoped trainer is shared
+
+
+def test_trainer_save_and_checkpoint_loading_have_the_signatures_we_override():
+    from transformers import Trainer
+
+    assert _parameters(Trainer._save) == ["output_dir", "state_dict"]
+    assert _parameters(Trainer._load_from_checkpoint) == ["resume_from_checkpoint", "model"]
+    assert _parameters(Trainer._load_optimizer_and_scheduler) == ["checkpoint"]

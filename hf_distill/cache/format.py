@@ -144,8 +144,10 @@ def verify_shard(directory: Path, entry: dict, checksum: bool = True) -> None:
         raise TeacherCacheError(f"Shard {path} is corrupt: its sha256 differs from the manifest's. {_FIX_SHARD}")
 
 
-def read_manifest(directory: Path) -> dict | None:
-    path = directory / MANIFEST
+def read_manifest(directory: Path, name: str = MANIFEST) -> dict | None:
+    """The manifest ``directory/name`` (``name``: a rank's progress file while many processes collect), checked to be
+    a cache manifest of a readable version; None when there is none."""
+    path = directory / name
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())

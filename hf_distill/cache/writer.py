@@ -1,6 +1,7 @@
 """Collect a teacher-logit cache: run the teacher once, keep its top-k log-probabilities at every loss token.
 
-    hf-distill cache-logits --teacher_model_name_or_path ./teacher --dataset_name arithmetic --output_dir ./cache --top_k 32
+    hf-distill cache-logits --teacher_model_name_or_path ./teacher --dataset_name arithmetic --output_dir ./cache \
+        --top_k 32
 
 or from Python, with the config you will train with (its tokenization settings and temperature are reused)::
 
@@ -19,6 +20,13 @@ or from Python, with the config you will train with (its tokenization settings a
   the manifest (with the shard's sha256) is rewritten the same way. A rerun verifies the finished shards, never
   rewrites them, and continues with the first missing one; a finished shard that fails its checksum is an error that
   names the file. A run over a directory holding another cache (other teacher, data, k, ...) is refused.
+* **Many processes.** Under ``accelerate launch --num_processes N`` (or ``torchrun``), rank ``r`` collects shards
+  ``r, r + N, ...`` with its own teacher (on its own GPU) and records them in its own progress file; rank 0 then
+  writes the one manifest. Shards hold the same examples whatever ``N`` is, so the cache equals a one-process
+  collection's (byte for byte where the teacher's arithmetic is deterministic), and a run killed under ``N``
+  processes resumes under any number (:mod:`hf_distill.utils.manifest`)::
+
+      accelerate launch --num_processes 4 -m hf_distill cache-logits --teacher_model_name_or_path ./teacher ...
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ from hf_distill.teacher.vocab import VocabularyMismatchError, tokenizer_fingerpr
 from hf_distill.training.preparation import PreparingSFTTrainer
 from hf_distill.utils.fingerprint import fingerprint
 from hf_distill.utils.io import atomic_path, sha256_file, write_json_atomic
-from hf_distill.utils.manifest import ShardManifest
+from hf_distill.utils.manifest import ShardManifest, WorkShare, progress_files
 
 logger = logging.getLogger(__name__)
 
@@ -151,14 +159,16 @@ def prepare_like_trainer(model: nn.Module, args, dataset, tokenizer, data_collat
     return prepared, KeyedCollator(preparer.data_collator)
 
 
-def _start_manifest(out: Path, fields: dict, created_with: str) -> ShardManifest:
-    """A new manifest, or the one of an interrupted run with the same ``fields`` (else an error naming the field)."""
+def _start_manifest(out: Path, fields: dict, created_with: str, share: WorkShare) -> ShardManifest:
+    """A new manifest, or the one of an interrupted run with the same ``fields`` (else an error naming the field);
+    under many processes, this rank's progress file (:mod:`hf_distill.utils.manifest`)."""
+    recorded = [out / MANIFEST, *progress_files(out / MANIFEST)]
+    if share.world_size == 1 and not any(path.is_file() for path in recorded) and any(out.glob("shard-*.arrow")):
+        # (under many processes another rank may already have written a shard: no such check there)
+        raise TeacherCacheError(f"{out} holds shard files but no {MANIFEST}. Fix: use an empty --output_dir directory.")
 
     def read(path: Path) -> dict | None:
-        manifest = read_manifest(out)
-        if manifest is None and any(out.glob("shard-*.arrow")):
-            raise TeacherCacheError(f"{out} holds shard files but no {MANIFEST}. Fix: use an empty --output_dir directory.")
-        return manifest
+        return read_manifest(path.parent, path.name)
 
     def mismatch(field: str, old, new) -> CacheMismatchError:
         return CacheMismatchError(
@@ -168,7 +178,7 @@ def _start_manifest(out: Path, fields: dict, created_with: str) -> ShardManifest
 
     # `write` is looked up here, in this module, so that a test can simulate a crash between two manifest writes
     return ShardManifest.open(out / MANIFEST, fields, mismatch=mismatch, read=read, write=write_json_atomic,
-                              new={"created_with": created_with, "complete": False})
+                              new={"created_with": created_with, "complete": False}, share=share)
 
 
 def _shard_entry(path: Path, index: int, num_examples: int, num_tokens: int) -> dict:
@@ -258,6 +268,7 @@ def collect_teacher_cache(
     teacher_dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     log=logger.info,
+    share: WorkShare | None = None,
 ) -> dict:
     """Run ``teacher`` once over ``train_dataset`` and write a teacher-logit cache to ``out_dir``; returns the manifest.
 
@@ -273,7 +284,10 @@ def collect_teacher_cache(
         temperature: the teacher's softmax temperature; training must use the same one.
         batch_size, shard_size: examples per teacher forward, and per file (the unit of resumption).
         logprob_dtype: ``"float16"`` (default, compact) or ``"float32"``.
-        teacher_dtype, device: how to run the teacher (e.g. ``"bfloat16"``, ``"cuda"``).
+        teacher_dtype, device: how to run the teacher (e.g. ``"bfloat16"``, ``"cuda"``; by default ``cuda:LOCAL_RANK``
+            when there is a GPU).
+        share: this process's part of a collection over many processes (default: from ``RANK``/``WORLD_SIZE``,
+            which ``torchrun`` and ``accelerate launch`` set). Every rank returns the merged manifest.
     """
     from hf_distill import __version__
     from hf_distill.config import DistillationConfig
@@ -328,7 +342,8 @@ def collect_teacher_cache(
         "shard_size": shard_size,
         "num_shards": num_shards,
     }
-    manifest = _start_manifest(out, fields, created_with=f"hf_distill {__version__}")
+    share = share or WorkShare.from_env()
+    manifest = _start_manifest(out, fields, created_with=f"hf_distill {__version__}", share=share)
 
     def intact(entry: dict) -> bool:  # a finished shard is verified, never rewritten; a deleted one is collected again
         if not (out / entry["file"]).exists():
@@ -341,7 +356,7 @@ def collect_teacher_cache(
     for index in range(num_shards):
         span = slice(index * shard_size, (index + 1) * shard_size)
         path = out / f"shard-{index:05d}.arrow"
-        if index in done:
+        if index in done or not share.owns(index):
             continue
         entry = _adopt(path, index, unique[span]) if path.exists() else None
         if entry is None:
@@ -350,9 +365,9 @@ def collect_teacher_cache(
                                      temperature=temperature, vocab=vocab, batch_size=batch_size)
             entry = _write_shard(path, index, unique[span], [results[int(key)] for key in unique[span]], k,
                                  id_dtype, logprob_dtype)
-            log(f"shard {index + 1}/{num_shards}: {entry['num_examples']} examples, {entry['num_tokens']} loss tokens,"
+            log(f"{share.prefix()}shard {index + 1}/{num_shards}: {entry['num_examples']} examples, "
+                f"{entry['num_tokens']} loss tokens,"
                 f" {entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - started:.1f}s")
         manifest.record(entry)
-    manifest.save(complete=True)
-    return manifest.data
+    return manifest.gather(num_shards, lambda shards: {"complete": True}, log=log)
 

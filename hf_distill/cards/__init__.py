@@ -47,7 +47,8 @@ def _count(value) -> str:
 def metrics_table(metrics: dict) -> list[tuple[str, str]]:
     rows = [("accuracy (exact match)", _pct(metrics.get("accuracy"))),
             ("agreement with teacher (same final answer)", _pct(metrics.get("agreement_with_teacher"))),
-            ("Logic-Match with teacher", "-" if metrics.get("logic_match") is None else f"{metrics['logic_match']:.3f}"),
+            ("Logic-Match with teacher",
+             "-" if metrics.get("logic_match") is None else f"{metrics['logic_match']:.3f}"),
             ("teacher accuracy kept", _pct(metrics.get("accuracy_kept"))),
             ("parameters", _count(metrics.get("parameters"))),
             ("active parameters per token (mixture of experts)", _count(metrics.get("active_parameters"))),
@@ -82,9 +83,13 @@ def render_card(
     has_curves: bool = False,
     has_cascade_plot: bool = False,
     deployment_table: str | None = None,
+    deployment_checks: list[str] | None = None,
+    moe: dict | None = None,
     template: str | Path | None = None,
 ) -> ModelCard:
-    """A model card from plain data (pure: no file is read but the template)."""
+    """A model card from plain data (pure: no file is read but the template). ``deployment_checks``: one line per
+    GGUF file on how its greedy answers agree with the float student's; ``moe``: the upcycling settings of a
+    mixture-of-experts student (``num_experts``, ``top_k``, ...)."""
     eval_results = None
     if metrics.get("accuracy") is not None:
         eval_results = [EvalResult(task_type="text-generation", dataset_type=hub_dataset or "local",
@@ -98,7 +103,9 @@ def render_card(
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["hf-distill", "distillation", "knowledge-distillation", *(f"distillation-{m}" for m in methods),
-              *(["pruning", "shrink"] if shrink else []), *(["lora", "merged"] if adapter else []), "cascade"],
+              *(["pruning", "shrink"] if shrink else []), *(["lora", "merged"] if adapter else []),
+              *(["moe", "mixture-of-experts", "upcycling"] if moe else []),
+              *(["gguf"] if deployment_table else []), "cascade"],
         eval_results=eval_results,
     )
     rows = [{**row, "parameters_h": _count(row.get("parameters")), "accuracy_h": _pct(row.get("accuracy")),
@@ -121,8 +128,46 @@ def render_card(
         dataset=dataset, shrink=shrink, shrink_text=shrink_text, adapter=adapter,
         recipe_excerpt=yaml.safe_dump(stage_recipe, sort_keys=False).strip(),
         repo_or_path=repo_or_path, recipe_file=recipe_file, has_curves=has_curves, has_cascade_plot=has_cascade_plot,
-        deployment_table=deployment_table,
+        deployment_table=deployment_table, deployment_checks=deployment_checks or [], moe=moe,
+        moe_text=moe_text(moe, metrics) if moe else None,
     )
+
+
+def moe_text(moe: dict, metrics: dict) -> str:
+    """The card's line on a mixture-of-experts student: its experts, where they come from, what a token uses."""
+    width = moe.get("expert_intermediate_size")
+    text = (f"{moe['num_experts']} experts per layer, {moe['top_k']} used per token (Mixtral layout), each expert "
+            + (f"a {width}-neuron slice of" if width else "a copy of") + " the dense MLP it was upcycled from; the "
+            f"router was trained with the load-balancing loss (coefficient {moe.get('router_aux_loss_coef', 0.01)})")
+    if metrics.get("active_parameters") and metrics.get("parameters"):
+        text += (f". Active parameters per token: {_count(metrics['active_parameters'])} of "
+                 f"{_count(metrics['parameters'])} in all")
+    return text
+
+
+def deployment_checks(deployment: dict) -> list[str]:
+    """One line per GGUF export whose greedy answers were compared with the float student's (``deployment.json``'s
+    ``agreement``, written by a cascade stage's ``export: {check: N}``)."""
+    lines = []
+    for quant, export in (deployment.get("exports") or {}).items():
+        agreement = export.get("agreement") or {}
+        if "exact" in agreement:
+            lines.append(f"GGUF {quant}: {agreement['exact']:.0%} of {agreement['prompts']} test problems answered "
+                         f"identically (greedy, up to {agreement.get('max_new_tokens', '?')} tokens), "
+                         f"{agreement['token']:.0%} of tokens before the first difference")
+        elif "skipped" in agreement:
+            lines.append(f"GGUF {quant}: not compared ({agreement['skipped']})")
+    return lines
+
+
+def served_speeds(deployment: dict) -> dict[str, float]:
+    """Tokens/s of one request at a time per benchmarked GGUF type (the lowest concurrency measured)."""
+    best: dict[str, tuple[int, float]] = {}
+    for row in deployment.get("serving") or []:
+        quant = row.get("format") or "gguf"
+        if quant not in best or row["concurrency"] < best[quant][0]:
+            best[quant] = (row["concurrency"], row["tokens_per_second"])
+    return {quant: speed for quant, (_, speed) in best.items()}
 
 
 def write_stage_card(model_dir: Path, stage: "Stage", context: "StageContext", metrics: dict, shrink: dict | None,
@@ -135,7 +180,10 @@ def write_stage_card(model_dir: Path, stage: "Stage", context: "StageContext", m
     log_path = model_dir / "log_history.json"
     curves = training_curves(json.loads(log_path.read_text()), model_dir / "training_curves.png",
                              title=f"{recipe.name} / {stage.name}") if log_path.exists() else None
+    deployment = load_deployment(model_dir)
     this = {"name": stage.name, "model": None, **metrics}
+    if served_speeds(deployment):
+        this["served_tokens_per_second"] = served_speeds(deployment)
     rows = [row for row in (*context.lineage, this) if row.get("accuracy") is not None]
     plotted = cascade_plot(rows, model_dir / "cascade.png", title=recipe.name) if len(rows) > 1 else None
     teacher_raw = _teacher_ref(recipe, index, manifest)  # a hub id, or a path of this machine
@@ -160,7 +208,9 @@ def write_stage_card(model_dir: Path, stage: "Stage", context: "StageContext", m
         license=recipe.license, shrink=shrink, adapter=adapter,
         repo_or_path=push.get("repo_id") or _shown(str(model_dir), context.root, recipe),
         recipe_file=_shown_path(recipe.path) if recipe.path else "RECIPE.yaml", has_curves=curves is not None,
-        has_cascade_plot=plotted is not None, deployment_table=deployment_markdown(load_deployment(model_dir)),
+        has_cascade_plot=plotted is not None, deployment_table=deployment_markdown(deployment),
+        deployment_checks=deployment_checks(deployment),
+        moe=stage.student.moe.to_dict() if stage.student.moe is not None else None,
     )
     with atomic_path(model_dir / "README.md") as tmp:
         card.save(tmp)

@@ -61,8 +61,11 @@ def distillation_settings(args, teacher: dict, adapter: dict | None) -> list[tup
         from hf_distill.cross_tokenizer.settings import card_settings
 
         rows = card_settings(args)
-    cache = teacher.get("cache")
-    if cache:
+    cache, served = teacher.get("cache"), teacher.get("served")
+    if served:
+        rows += [("teacher signal", f"served teacher ({served['engine']}), scored over HTTP during training"),
+                 ("teacher top-k (served)", f"{served['top_k']} log-probabilities per token + the tail mass")]
+    elif cache:
         rows += [("teacher signal", f"teacher-logit cache `{cache['name']}` ({cache['num_examples']} examples)"),
                  ("teacher top-k (cache)", f"{cache['top_k']} log-probabilities per token + the tail mass")]
     else:
@@ -160,6 +163,10 @@ def describe_teacher(trainer) -> dict:
         return {"model": model_ref(recorded.get("name_or_path")), "revision": recorded.get("revision"),
                 "cache": {"name": folder_name(cache.path), "top_k": cache.top_k, "temperature": cache.temperature,
                           "num_examples": cache.manifest.get("dataset", {}).get("num_examples")}}
+    client = getattr(trainer.teacher, "client", None)
+    if client is not None:  # a served teacher (online KD): its served name and engine, never its URL or key
+        teacher = trainer.teacher
+        return {"model": model_ref(teacher.model), "served": {"engine": teacher.engine, "top_k": teacher.top_k}}
     model = trainer.teacher_model
     config = getattr(model, "config", None)
     return {"model": model_ref(getattr(config, "_name_or_path", None)),

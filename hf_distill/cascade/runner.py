@@ -7,12 +7,19 @@ Layout under the output directory::
     stages/<name>/run/       Trainer checkpoints while the stage trains (an interrupted stage resumes from them)
     stages/<name>/model/     the finished student: safetensors, tokenizer, README.md (card), plots
     stages/<name>/eval.json  its generations' answers (the next stage's agreement is measured against them)
+    stages/<name>/model/<name>.<quant>.gguf, deployment.json   with ``export:`` (GGUF files, their measurements)
 
 A stage is skipped on a rerun when the manifest says it finished with the same input hash (its recipe entry, shared
 inputs and its teacher's hash, so editing a stage redoes it and every stage that learns from it). A stage's teacher
 is the previous stage unless the recipe branches (``teacher_stage:``, ``baseline: true``: see
 :mod:`hf_distill.cascade.recipe`); ``results.json`` lists the chain as ``lineage`` and the stages off it (baselines,
 other branches) as ``branches``.
+
+A stage's ``export:`` runs after it finished (its own record in the manifest entry, ``export``): each GGUF file and
+each benchmark is keyed by the stage's hash and its own settings, so a rerun (or a run killed while exporting) does
+only what is missing, and adding ``export:`` to a finished stage exports it without retraining. A served root teacher
+(``recipe.teacher.url``) is evaluated through its server (greedy chat requests), so the first stage's agreement and
+accuracy kept are measured as for a local one.
 """
 
 from __future__ import annotations
@@ -30,16 +37,24 @@ import torch
 from datasets import DatasetDict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from hf_distill.cards import write_stage_card
+from hf_distill.cards import served_speeds, write_stage_card
 from hf_distill.cards.plots import cascade_plot
-from hf_distill.cascade.recipe import Recipe, RecipeError, Stage
-from hf_distill.cascade.stage import build_student, save_student, train_stage
+from hf_distill.cascade.recipe import Recipe, RecipeError, ServedTeacherRef, Stage
+from hf_distill.cascade.stage import (
+    build_student,
+    export_stage,
+    save_student,
+    train_stage,
+)
 from hf_distill.data.reasoning import load_reasoning_dataset
+from hf_distill.deploy.report import load_deployment
 from hf_distill.evaluation.generate import answer_agreement, evaluate_reasoning
 from hf_distill.evaluation.logic_match import mean_logic_match
 from hf_distill.hub import push_folder
 from hf_distill.models.gguf import convert_gguf, is_gguf, load_causal_lm, load_tokenizer
+from hf_distill.models.moe import parameter_counts
 from hf_distill.training.checkpoints import last_complete_checkpoint
+from hf_distill.utils.fingerprint import fingerprint
 from hf_distill.utils.io import write_json_atomic
 
 MANIFEST = "manifest.json"
@@ -98,6 +113,7 @@ class CascadeRunner:
         self.manifest = Manifest.load(self.root)
         self._datasets: dict[str, DatasetDict] = {}
         self.trained: list[str] = []  # stages (re)trained by the last run(), not skipped
+        self.exported: list[str] = []  # stages whose `export:` did something in the last run()
 
     # ---- inputs -------------------------------------------------------------------------------------------------
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -113,10 +129,21 @@ class CascadeRunner:
                 train_tokenizer(list(data["question"]) + list(data["answer"]), spec["vocab_size"], save_dir=staging)
                 os.replace(staging, path)
             return AutoTokenizer.from_pretrained(path)
-        source = spec or (self.recipe.teacher.model if self.recipe.teacher else self.recipe.stages[0].student.model)
+        teacher = self.recipe.teacher
+        if teacher is not None and teacher.served:  # its served name is a hub id at best: the student's first
+            source = spec or self.recipe.stages[0].student.model or teacher.model
+        else:
+            source = spec or (teacher.model if teacher else self.recipe.stages[0].student.model)
         if source is None:
             raise RecipeError("recipe: set `tokenizer:` (a path/hub id, or {vocab_size: N} to train one on the data)")
-        return load_tokenizer(source)
+        try:
+            return load_tokenizer(source)
+        except OSError as err:
+            if teacher is None or not teacher.served or spec:
+                raise
+            raise RecipeError(f"recipe: no tokenizer at {source!r} ({err.__class__.__name__}); the teacher is served, "
+                              "so set `tokenizer:` to its tokenizer (a path or hub id; logit stages need the "
+                              "teacher's token ids)") from None
 
     def dataset(self, stage: Stage) -> DatasetDict:
         spec = stage.data
@@ -147,11 +174,15 @@ class CascadeRunner:
         names = [s.name for s in self.recipe.stages]
         if from_stage is not None and from_stage not in names:
             raise RecipeError(f"--from_stage {from_stage!r}: no such stage; stages are {names}")
-        self.trained = []
+        self.trained, self.exported = [], []
         tokenizer = self.tokenizer()
-        root = self.recipe.teacher.model if self.recipe.teacher else None
-        root_hash = _fingerprint_model(root) if root else "none"
-        root = self._converted(root, root_hash)
+        ref = self.recipe.teacher
+        if ref is not None and ref.served:  # stages get the reference, never weights
+            root, root_hash = ref, "served:" + fingerprint(ref.hash_fields())
+        else:
+            root = ref.model if ref else None
+            root_hash = _fingerprint_model(root) if root else "none"
+            root = self._converted(root, root_hash)
         # by teacher (a stage name, None: the root): its model, its hash, its lineage (root teacher first, it last)
         teachers: dict[str | None, tuple] = {None: (root, root_hash,
                                                     [self._root_entry(tokenizer, root)] if root else [])}
@@ -171,9 +202,18 @@ class CascadeRunner:
                 self._run_stage(index, stage, teacher, digest, tokenizer, StageContext(self.recipe, self.root,
                                                                                       list(lineage)))
                 self.trained.append(stage.name)
+            exported = self._export(stage, digest, tokenizer)
+            if exported:  # the card's Deployment table and speed plot
+                self.exported.append(stage.name)
+                self._write_card(index, stage, StageContext(self.recipe, self.root, list(lineage)))
+            if stage.push_to_hub and (stage.name in self.trained or exported):
+                self._push(stage)
             entry = self.manifest.stage(stage.name)
             row = {"name": stage.name, "model": str(model_dir), **entry.get("metrics", {}), "methods": stage.methods,
                    "shrink": entry.get("shrink")}
+            served = served_speeds(load_deployment(model_dir)) if stage.export and model_dir.is_dir() else None
+            if served:
+                row["served_tokens_per_second"] = served
             teachers[stage.name] = (str(model_dir), digest, [*lineage, row])
         self._summarise(teachers)
         return self.manifest.data
@@ -199,14 +239,40 @@ class CascadeRunner:
         if stage.evaluation.enabled and "metrics" not in entry:
             self.log(f"root teacher {ref.model}: evaluating on the test problems (once; kept in the manifest)")
             began = time.perf_counter()
-            model = load_causal_lm(teacher, revision=None if teacher != ref.model else ref.revision)
-            metrics, answers = self._evaluate(model, tokenizer, stage, None)
+            if ref.served:
+                metrics, answers = self._evaluate_served(ref, stage)
+            else:
+                model = load_causal_lm(teacher, revision=None if teacher != ref.model else ref.revision)
+                metrics, answers = self._evaluate(model, tokenizer, stage, None)
             self.log(f"root teacher: accuracy {metrics['accuracy']:.1%} on {metrics['eval_examples']} problems "
                      f"({time.perf_counter() - began:.0f} s)")
             write_json_atomic(self.root / "root_eval.json", answers)
             entry.update(metrics=metrics, model=ref.model)
             write_json_atomic(self.manifest.path, self.manifest.data)
         return {"name": "root teacher", "model": ref.model, **entry.get("metrics", {})}
+
+    def _evaluate_served(self, ref: ServedTeacherRef, stage: Stage) -> tuple[dict, dict]:
+        """The served teacher's greedy answers to the test problems (one chat request each, the server's template),
+        scored as a local model's are."""
+        from hf_distill.data.reasoning import plain_prompt
+        from hf_distill.evaluation.answers import exact_match_accuracy, extract_answer
+        from hf_distill.served.sampling import sample
+        from hf_distill.traces.config import TraceConfig
+
+        test = self._test_set(stage)
+        config = TraceConfig(**ref.trace_fields(), temperature=0.0, num_samples=1)
+        client = config.served_client()
+        endpoint = ref.endpoint
+
+        def ask(question: str) -> str:
+            prompt = [{"role": "user", "content": question}] if endpoint == "chat" else plain_prompt(question)
+            return sample(client, endpoint, ref.model, prompt, n=1, temperature=0.0, top_p=1.0,
+                          max_tokens=stage.evaluation.max_new_tokens, seed=self.recipe.seed)[0]
+
+        generations = client.map(ask, list(test["question"]))
+        metrics = {"accuracy": exact_match_accuracy(generations, list(test["answer"])), "eval_examples": len(test),
+                   "served": True}
+        return metrics, {"answers": [extract_answer(text) for text in generations], "generations": generations}
 
     def _run_stage(self, index: int, stage: Stage, teacher: str | None, digest: str, tokenizer,
                    context: StageContext) -> None:
@@ -220,13 +286,15 @@ class CascadeRunner:
             shutil.rmtree(stage_dir, ignore_errors=True)
         stage_dir.mkdir(parents=True, exist_ok=True)
         sft = stage.methods == ["sft"]
+        name = _label(teacher)
         self.log(f"stage {index + 1}/{len(self.recipe.stages)} {stage.name}: {'+'.join(stage.methods)}"
                  + (" (baseline)" if stage.baseline else "")
-                 + (f", teacher {teacher}" if teacher and not sft else "")
-                 + (f", a shrink of {teacher}" if teacher and sft and stage.student.shrink else "")
+                 + (f", teacher {name}" if teacher and not sft else "")
+                 + (f", a shrink of {name}" if teacher and sft and stage.student.shrink else "")
+                 + (f", upcycled to {stage.student.moe.num_experts} experts" if stage.student.moe else "")
                  + (f", resuming from {Path(resume).name}" if resume else ""))
-        self.manifest.update(stage.name, status="running", hash=digest, teacher=teacher, metrics={},
-                             model_dir=str(stage_dir / "model"))
+        self.manifest.update(stage.name, status="running", hash=digest, teacher=name, metrics={},
+                             model_dir=str(stage_dir / "model"), export=None)  # a new model: export it anew
         began = time.perf_counter()
         data = self.dataset(stage)
         student, shrink_plan = build_student(stage, teacher, tokenizer, self.recipe.seed, data["train"])
@@ -254,22 +322,45 @@ class CascadeRunner:
             if teacher_metrics.get("parameters"):
                 metrics["size_vs_teacher"] = metrics["parameters"] / teacher_metrics["parameters"]
         metrics["train_seconds"] = train_seconds
+        if stage.student.moe is not None:  # a mixture of experts: what a token uses, beside what is stored
+            counts = parameter_counts(trainer.accelerator.unwrap_model(trainer.model))
+            metrics.update(parameters=counts["total"], active_parameters=counts["active"],
+                           experts={"num_experts": stage.student.moe.num_experts, "top_k": stage.student.moe.top_k})
         shrink = None
         if shrink_plan is not None:
             shrink = {"spec": stage.student.shrink.to_dict(), "teacher_layers_kept": shrink_plan.layers}
             if shrink_plan.scores:  # importance/activation pruning: the layer scores and the activation kept
                 shrink["scores"] = shrink_plan.scores
         self.manifest.update(stage.name, metrics=metrics, shrink=shrink, adapter=adapter)
-        write_stage_card(model_dir, stage, self._card_context(index, stage, context), metrics, shrink, adapter,
-                         self.manifest.data)
+        self._write_card(index, stage, context)
         shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are only for resuming
         self.manifest.update(stage.name, status="done", seconds=time.perf_counter() - began)
-        if stage.push_to_hub:
-            url = push_folder(model_dir, stage.push_to_hub["repo_id"], token=self.token,
-                              private=stage.push_to_hub.get("private"), revision=stage.push_to_hub.get("revision"),
-                              commit_message=f"hf-distill cascade {self.recipe.name}: stage {stage.name}")
-            self.manifest.update(stage.name, pushed=str(url))
-            self.log(f"stage {stage.name}: pushed to {url}")
+
+    def _write_card(self, index: int, stage: Stage, context: StageContext) -> None:
+        entry = self.manifest.stage(stage.name)
+        write_stage_card(self.root / "stages" / stage.name / "model", stage, self._card_context(index, stage, context),
+                         entry.get("metrics", {}), entry.get("shrink"), entry.get("adapter"), self.manifest.data)
+
+    def _push(self, stage: Stage) -> None:
+        model_dir = self.root / "stages" / stage.name / "model"
+        url = push_folder(model_dir, stage.push_to_hub["repo_id"], token=self.token,
+                          private=stage.push_to_hub.get("private"), revision=stage.push_to_hub.get("revision"),
+                          commit_message=f"hf-distill cascade {self.recipe.name}: stage {stage.name}")
+        self.manifest.update(stage.name, pushed=str(url))
+        self.log(f"stage {stage.name}: pushed to {url}")
+
+    def _export(self, stage: Stage, digest: str, tokenizer) -> bool:
+        """The stage's ``export:`` (GGUF files, their agreement with the float student, server benchmarks), doing
+        only what its manifest record lacks; True when something was (re)done."""
+        if stage.export is None:
+            return False
+        record = self.manifest.stage(stage.name).get("export") or {}
+
+        def save(updated: dict) -> None:
+            self.manifest.update(stage.name, export=updated)
+
+        return export_stage(stage, self.root / "stages" / stage.name / "model", digest, record, save,
+                            self._test_set(stage), tokenizer, self.log)
 
     def _card_context(self, index: int, stage: Stage, context: StageContext) -> StageContext:
         """The card names the stage before this one in the recipe as its teacher: for a branch (``teacher_stage:``
@@ -293,10 +384,14 @@ class CascadeRunner:
             self.root / "stages" / stage.teacher_stage / "eval.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def _evaluate(self, model, tokenizer, stage: Stage, teacher_answers) -> tuple[dict, dict]:
+    def _test_set(self, stage: Stage):
         test = self.dataset(stage)["test"]
         if stage.evaluation.num_examples:
             test = test.select(range(min(stage.evaluation.num_examples, len(test))))
+        return test
+
+    def _evaluate(self, model, tokenizer, stage: Stage, teacher_answers) -> tuple[dict, dict]:
+        test = self._test_set(stage)
         if torch.cuda.is_available():
             model = model.to("cuda")
         ev = evaluate_reasoning(model, tokenizer, list(test["question"]), list(test["answer"]),
@@ -316,10 +411,16 @@ class CascadeRunner:
         branches = [{**teachers[s.name][2][-1], "teacher_stage": s.teacher_stage, "baseline": s.baseline}
                     for s in self.recipe.stages if s.name not in on_chain]
         rows = [row for row in lineage if "accuracy" in row]
-        if rows:
+        changed = self.trained or self.exported or not (self.root / "cascade.png").is_file()
+        if rows and changed:  # a rerun that did nothing leaves the plot as it is (matplotlib is slow to draw)
             cascade_plot(rows, self.root / "cascade.png", title=self.recipe.name)
         write_json_atomic(self.root / "results.json", {"recipe": self.recipe.name, "lineage": lineage,
                                                        "branches": branches})
+
+
+def _label(teacher) -> str | None:
+    """A teacher as the log and the manifest name it: its path, or a served teacher's name (never its key)."""
+    return teacher.label() if isinstance(teacher, ServedTeacherRef) else teacher
 
 
 def run_cascade(recipe: Recipe, output_dir: str | Path | None = None, from_stage: str | None = None,

@@ -15,6 +15,10 @@ A teacher behind an inference server fills the same cache from its prompt log-pr
 
 (vLLM: token ids in and out, k up to its ``--max-logprobs``; llama-cpp-python's server started with
 ``--logits_all true``: token strings mapped back to ids, see :mod:`hf_distill.served.llama_cpp`.)
+
+Many processes share the work out and write one cache, equal to a one-process collection's::
+
+    accelerate launch --num_processes 4 -m hf_distill cache-logits --teacher_model_name_or_path ./teacher ...
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from hf_distill.cli.arguments import DatasetArguments, load_splits
 from hf_distill.cli.parser import Parser
 from hf_distill.config import DistillationConfig
+from hf_distill.utils.manifest import WorkShare
 
 
 @dataclass
@@ -84,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         shard_size=cache_args.shard_size, logprob_dtype=cache_args.logprob_dtype, teacher_dtype=config.teacher_dtype,
         device=config.teacher_device, log=print,
     )
+    if WorkShare.from_env().rank != 0:  # under a launcher: rank 0 reports for all
+        return 0
     tokens = sum(shard["num_tokens"] for shard in manifest["shards"])
     size = sum(shard["bytes"] for shard in manifest["shards"])
     print(f"Cached {manifest['dataset']['num_examples']} examples, {tokens} loss tokens, k={manifest['top_k']}, "

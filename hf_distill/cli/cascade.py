@@ -2,6 +2,7 @@
 
     hf-distill cascade recipes/tiny-arithmetic.yaml                 # train; a rerun skips finished stages
     hf-distill cascade recipes/llama3.1-70b-to-1b-to-100m.yaml --dry_run   # the plan only, no weights loaded
+    hf-distill cascade recipes/llama3.1-70b-to-1b-to-100m.yaml --dry_run --num_processes 8   # + memory per rank
     hf-distill cascade RECIPE --from_stage s2 --output_dir runs/x
 """
 
@@ -22,6 +23,9 @@ class CascadeArguments:
     from_stage: str | None = field(default=None, metadata={"help": "Rerun this stage and all after it (earlier "
                                                                     "stages must have finished)."})
     output_dir: str | None = field(default=None, metadata={"help": "Overrides the recipe's output_dir."})
+    num_processes: int = field(default=1, metadata={"help": "With more than 1, the plan also gives each stage's "
+                                                               "memory per rank when trained with fully_shard (FSDP2) "
+                                                               "over this many ranks, and the GPU size that holds it."})
 
 
 def parser() -> Parser:
@@ -35,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = cli.parse(sys.argv[1:] if argv is None else argv)
     if args.recipe is None:
         cli.error("a recipe is required: hf-distill cascade RECIPE.yaml [--dry_run]")
+    if args.num_processes < 1:
+        cli.error(f"--num_processes must be at least 1, got {args.num_processes}")
 
     from rich.console import Console
 
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    console.print(plan_table(recipe, plans))
+    console.print(plan_table(recipe, plans, args.num_processes))
     if args.dry_run:
         return 0
     from hf_distill.cascade.runner import run_cascade

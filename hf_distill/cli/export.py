@@ -9,6 +9,7 @@ The tokenizer and chat template go inside the file. Without ``--gguf`` the file 
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 
@@ -29,8 +30,12 @@ class ExportArguments:
                                                                       "splitting rule, only needed when llama.cpp "
                                                                       "does not recognise the tokenizer and it is not "
                                                                       "a plain byte-level BPE (e.g. gpt-2, llama3)."})
-    check: int = field(default=0, metadata={"help": "Reload the file with transformers and compare greedy answers "
-                                                    "with the float student on this many test prompts (0: skip)."})
+    check: int = field(default=0, metadata={"help": "Compare the file's greedy answers with the float student's on "
+                                                    "this many test prompts (0: skip)."})
+    check_engine: str = field(default="both", metadata={
+        "help": "What runs the file for --check: transformers (its gguf_file= loader, dequantised: what the weights "
+                "lost), llama.cpp (the engine users run: also rounds activations for quantised types), or both.",
+        "choices": ["transformers", "llama.cpp", "both"]})
     card: bool = field(default=True, metadata={"help": "Note the file in the student's deployment.json and card."})
 
 
@@ -71,7 +76,13 @@ def main(argv: list[str] | None = None) -> int:
 
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model).eval()
-        result = gguf_agreement(model, tokenizer, out, check_prompts(tokenizer, args.check))
-        print(f"Greedy agreement with the float student on {result.prompts} prompts: {result.exact:.0%} identical "
-              f"answers, {result.token:.0%} of tokens before the first difference.")
+        engines = ["transformers", "llama.cpp"] if args.check_engine == "both" else [args.check_engine]
+        if args.check_engine == "both" and importlib.util.find_spec("llama_cpp") is None:
+            print("(llama-cpp-python is not installed: agreement by transformers' reload only)")
+            engines = ["transformers"]
+        for engine in engines:
+            result = gguf_agreement(model, tokenizer, out, check_prompts(tokenizer, args.check), engine=engine)
+            print(f"Greedy agreement with the float student on {result.prompts} prompts ({engine}): "
+                  f"{result.exact:.0%} identical answers, {result.token:.0%} of tokens before the first difference, "
+                  f"{result.forced:.0%} of tokens the same when fed the float student's answer.")
     return 0

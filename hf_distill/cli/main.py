@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(usage())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+    code = importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+    from hf_distill.utils.device import end_distributed
+
+    end_distributed()  # under `accelerate launch`: every rank closes its process group (not after an error: no barrier)
+    return code
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
     hf-distill traces --teacher_url http://localhost:8000/v1 --teacher_served_model Qwen/Qwen3-32B \
         --dataset_name gsm8k.jsonl --output_dir traces/ --template step_by_step --teacher_concurrency 32
 
+Under ``accelerate launch --num_processes N -m hf_distill traces ...`` (or ``torchrun``) the problems' shards are
+shared out over the processes and one dataset results, equal to a one-process run's.
+
 With ``--teacher_url`` the teacher is an OpenAI-compatible server (vLLM, SGLang, llama.cpp, a hosted API; its API key,
 if any, in the environment variable named by ``--teacher_api_key_env``); a rerun resumes without re-asking answered
 prompts.
@@ -28,6 +31,7 @@ from hf_distill.cli.parser import Parser
 from hf_distill.data.reasoning import ARITHMETIC, load_reasoning_dataset
 from hf_distill.traces.collect import collect_traces
 from hf_distill.traces.config import TraceConfig
+from hf_distill.utils.manifest import WorkShare
 
 
 @dataclass
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_tokenizer(args.tokenizer_name_or_path)
     traces = collect_traces(args.teacher_model_name_or_path, tokenizer, load_problems(data_args), args.output_dir,
                             config)
-    print(f"{len(traces)} traces in {Path(args.output_dir) / 'dataset'}; train on them with "
-          f"datasets.load_from_disk({str(Path(args.output_dir) / 'dataset')!r})")
+    if WorkShare.from_env().rank == 0:  # under a launcher: rank 0 reports for all
+        print(f"{len(traces)} traces in {Path(args.output_dir) / 'dataset'}; train on them with "
+              f"datasets.load_from_disk({str(Path(args.output_dir) / 'dataset')!r})")
     return 0

@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     trainer.train(resume_from_checkpoint=resume_value(config.resume_from_checkpoint))
     trainer.save_model(config.output_dir)
     trainer.save_state()  # trainer_state.json: the log history, as the transformers example scripts keep it
-    tokenizer.save_pretrained(config.output_dir)
-    print(f"Saved the distilled student to {os.path.abspath(config.output_dir)} (load it with "
-          f"AutoModelForCausalLM.from_pretrained).", flush=True)
+    if trainer.is_world_process_zero():  # under a launcher: one tokenizer write, one message
+        tokenizer.save_pretrained(config.output_dir)
+        print(f"Saved the distilled student to {os.path.abspath(config.output_dir)} (load it with "
+              f"AutoModelForCausalLM.from_pretrained).", flush=True)
     return 0
 

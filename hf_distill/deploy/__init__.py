@@ -1,5 +1,7 @@
 """From student to device: GGUF export with llama.cpp's converter (`gguf_export`), llama.cpp's OpenAI-compatible
-server (`server`), latency measured with streamed requests (`bench`), and the card's Deployment table (`report`)."""
+server (`server`), latency measured with streamed requests (`bench`), the card's Deployment table (`report`), and
+whether the file still answers like the student, run by transformers or by llama.cpp itself (`roundtrip`, imported
+from its module: it needs torch)."""
 
 from hf_distill.deploy.bench import LevelResult, bench_serve
 from hf_distill.deploy.gguf_export import QUANT_TYPES, export_gguf, quantize_gguf

@@ -72,10 +72,12 @@ def _split(url: str) -> tuple[str, int, str, str]:
 
 
 def stream_request(url: str, model: str, prompt: str, max_tokens: int, chat: bool = True,
-                   timeout: float = 300.0) -> RequestTiming:
-    """One streamed, greedy request; times its first token and its end."""
+                   timeout: float = 300.0, extra_body: dict | None = None) -> RequestTiming:
+    """One streamed, greedy request; times its first token and its end. ``extra_body``: more request fields, e.g.
+    ``{"logit_bias": {"2": -100}}`` (standard OpenAI) so that a model that stops at once still produces
+    ``max_tokens`` tokens to time."""
     scheme, port, host, base = _split(url)
-    body = {"model": model, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
+    body = {"model": model, "max_tokens": max_tokens, "temperature": 0.0, "stream": True, **(extra_body or {})}
     body |= {"messages": [{"role": "user", "content": prompt}]} if chat else {"prompt": prompt}
     connection = (http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection)(
         host, port, timeout=timeout)
@@ -132,7 +134,7 @@ def summarise(concurrency: int, timings: list[RequestTiming], wall: float) -> Le
 
 def bench_serve(url: str, prompts: list[str], concurrency: tuple[int, ...] = (1, 4, 16), max_tokens: int = 64,
                 requests: int | None = None, chat: bool = True, model: str | None = None, warmup: bool = True,
-                progress: bool = True) -> list[LevelResult]:
+                progress: bool = True, extra_body: dict | None = None) -> list[LevelResult]:
     """Measure the server at ``url`` at each concurrency level: ``requests`` (default: the level, at least 4)
     streamed requests cycling through ``prompts``, at most ``level`` in flight. A warm-up request first (the first
     one pays for loading pages of the model)."""
@@ -142,7 +144,7 @@ def bench_serve(url: str, prompts: list[str], concurrency: tuple[int, ...] = (1,
         raise ValueError(f"concurrency levels must be >= 1, got {concurrency}")
     model = model or served_model(url)
     if warmup:
-        stream_request(url, model, prompts[0], min(max_tokens, 8), chat)
+        stream_request(url, model, prompts[0], min(max_tokens, 8), chat, extra_body=extra_body)
     counts = [requests or max(level, 4) for level in concurrency]
     results = []
     with tqdm(total=sum(counts), desc="bench-serve", unit="req", disable=not progress) as bar:
@@ -150,7 +152,8 @@ def bench_serve(url: str, prompts: list[str], concurrency: tuple[int, ...] = (1,
             bar.set_postfix(concurrency=level)
 
             def one(index: int) -> RequestTiming:
-                timing = stream_request(url, model, prompts[index % len(prompts)], max_tokens, chat)
+                timing = stream_request(url, model, prompts[index % len(prompts)], max_tokens, chat,
+                                        extra_body=extra_body)
                 bar.update(1)
                 return timing
 

@@ -120,6 +120,16 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     return {"total": total, "active": total - idle}
 
 
+def router_logits_off(model: nn.Module) -> None:
+    """Undo the ``output_router_logits = True`` TRL's `SFTTrainer` sets on an MoE model whose aux-loss coefficient is
+    non-zero: `DistillationTrainer` computes its loss from the backbone's hidden states and never reads router
+    logits (:func:`attach_load_balancing_loss` puts the load-balancing loss into the gradients instead), and a saved
+    config with the flag on makes transformers' batched ``generate`` fail in ``load_balancing_loss_func``."""
+    config = getattr(model, "config", None)
+    if getattr(config, "output_router_logits", False):
+        config.output_router_logits = False
+
+
 class _AuxLossInGradient(torch.autograd.Function):
     """Identity on ``hidden``; its backward also gives ``aux_loss`` a gradient of 1, so ``aux_loss`` is minimised
     with whatever loss is computed downstream of ``hidden`` (Megatron-Core's ``MoEAuxLossAutoScaler``).

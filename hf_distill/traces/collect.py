@@ -14,6 +14,13 @@ recorded in the manifest (rewritten the same way). A rerun checks that settings,
 manifest (else an error naming the field), skips recorded shards and continues, so a crash costs at most one shard
 and the result equals an uninterrupted run's. Filtering (``keep_only_verified``, ``dedupe``) happens when
 ``dataset/`` is assembled, so changing it reuses every shard.
+
+Under ``accelerate launch --num_processes N`` (or ``torchrun``) rank ``r`` samples shards ``r, r + N, ...`` (its own
+teacher on its own GPU, or its own requests to a served one) and records them in its own progress file; rank 0 then
+writes the manifest and ``dataset/``, which equal a one-process run's (a shard's seed is its index, not the rank's),
+and a run killed under ``N`` processes resumes under any number (:mod:`hf_distill.utils.manifest`)::
+
+    accelerate launch --num_processes 4 -m hf_distill traces --teacher_model_name_or_path ./teacher ...
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from hf_distill.traces.templates import get_template
 from hf_distill.traces.verify import check_trace, dedupe_key
 from hf_distill.utils.fingerprint import fingerprint_bytes
 from hf_distill.utils.io import atomic_dir, atomic_path, sha256_file
-from hf_distill.utils.manifest import ShardManifest
+from hf_distill.utils.manifest import ShardManifest, WorkShare
 
 FORMAT_NAME, FORMAT_VERSION = "hf_distill.traces", 1
 MANIFEST = "manifest.json"
@@ -63,6 +70,7 @@ def collect_traces(
     output_dir: str | os.PathLike,
     config: TraceConfig | None = None,
     log=print,
+    share: WorkShare | None = None,
 ) -> Dataset:
     """Sample ``config.num_samples`` traces per problem from ``teacher`` and keep the verified, distinct ones.
 
@@ -76,6 +84,8 @@ def collect_traces(
             (:func:`~hf_distill.data.load_reasoning_dataset` renames other column names). Other columns (such as
             ``num_steps``) are carried over to every trace of the problem.
         output_dir: where shards, manifest and the final dataset go; an interrupted run there is resumed.
+        share: this process's part of a collection over many processes (default: from ``RANK``/``WORLD_SIZE``,
+            which ``torchrun`` and ``accelerate launch`` set). Every rank returns the whole dataset; rank 0 saves it.
 
     Returns:
         A prompt/completion dataset for `SFTTrainer`/`DistillationTrainer`: ``prompt`` is the bare question as a
@@ -98,9 +108,9 @@ def collect_traces(
         served = None
         model, tokenizer, teacher_name = _teacher(teacher, tokenizer, config.device)
         teacher_fields, conversational = {"name": teacher_name, "config_sha256": config_hash(model)}, None
-    out = Path(output_dir)
+    out, share = Path(output_dir), share or WorkShare.from_env()
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    manifest = _start_manifest(out, {
+    manifest = _start_manifest(out, share, {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "sampling": config.sampling_fields(),
         "teacher": teacher_fields,
         "dataset": {"fingerprint": _dataset_fingerprint(dataset), "num_problems": len(dataset)},
@@ -108,7 +118,7 @@ def collect_traces(
     done = manifest.finished(lambda entry: _intact(out, entry, manifest.path))
     num_shards = -(-len(dataset) // config.shard_size)
     for index in range(num_shards):
-        if index in done:
+        if index in done or not share.owns(index):
             continue
         start, stop = index * config.shard_size, min(len(dataset), (index + 1) * config.shard_size)
         began = time.perf_counter()
@@ -128,17 +138,20 @@ def collect_traces(
         if served is not None:
             journal.close(delete=True)  # the shard file supersedes it
         verified = sum(table.column("verified").to_pylist())
-        log(f"traces: shard {index + 1}/{num_shards} (problems {start}-{stop - 1}): {table.num_rows} samples, "
+        log(f"traces: {share.prefix()}shard {index + 1}/{num_shards} (problems {start}-{stop - 1}): "
+            f"{table.num_rows} samples, "
             f"{verified} verified ({verified / max(table.num_rows, 1):.1%}), {time.perf_counter() - began:.1f} s"
             + rate)
-    if served is not None:
-        manifest.save(usage=total_usage(manifest.data["shards"]))
-        log(f"traces: served teacher {served.model}: {_usage_line(manifest.data['usage'])}")
+    merged = manifest.gather(num_shards, (lambda shards: {"usage": total_usage(shards)}) if served else None, log=log)
+    if served is not None and share.rank == 0:
+        log(f"traces: served teacher {served.model}: {_usage_line(merged['usage'])}")
     if conversational is None:
         conversational = has_chat_template(tokenizer)
-    traces = _assemble(out, manifest.data, dataset, teacher_name, template.name, config, conversational)
-    problems = len(set(traces["problem_id"]))
-    log(f"traces: kept {len(traces)} traces covering {problems}/{len(dataset)} problems in {out / 'dataset'}")
+    traces = _assemble(out, merged, dataset, teacher_name, template.name, config, conversational,
+                       save=share.rank == 0)
+    if share.rank == 0:
+        problems = len(set(traces["problem_id"]))
+        log(f"traces: kept {len(traces)} traces covering {problems}/{len(dataset)} problems in {out / 'dataset'}")
     return traces
 
 
@@ -168,7 +181,7 @@ def _teacher(teacher, tokenizer, device: str | None) -> tuple[nn.Module, PreTrai
         name = getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__
     model = load_teacher(teacher)
     if device is not None or torch.cuda.is_available():
-        model = model.to(device or "cuda")
+        model = model.to(device or f"cuda:{os.environ.get('LOCAL_RANK', 0)}")  # under a launcher: a GPU a rank
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token, needed to batch prompts: set tokenizer.pad_token first")
     return model, tokenizer, name
@@ -180,14 +193,14 @@ def _dataset_fingerprint(dataset: Dataset) -> str:
                              for question, answer in zip(dataset["question"], dataset["answer"], strict=True))
 
 
-def _start_manifest(out: Path, fields: dict) -> ShardManifest:
+def _start_manifest(out: Path, share: WorkShare, fields: dict) -> ShardManifest:
     def mismatch(key: str, old, new) -> TraceManifestMismatch:
         return TraceManifestMismatch(
             f"{out} holds traces collected with {key} = {old!r}; this run has {new!r}. Fix: use another output "
             "directory, or rerun with the original settings to resume this one."
         )
 
-    return ShardManifest.open(out / MANIFEST, fields, mismatch=mismatch, shard_folders=[out / "shards"])
+    return ShardManifest.open(out / MANIFEST, fields, mismatch=mismatch, shard_folders=[out / "shards"], share=share)
 
 
 def _intact(out: Path, entry: dict, manifest: Path) -> bool:
@@ -220,7 +233,11 @@ def _checked_table(texts: list[str], golds: list[str], rows: range, config: Trac
                             ("generation", text), ("completion", checked.completion),
                             ("predicted_answer", checked.answer), ("verified", checked.verified)):
             columns[name].append(value)
-    return pa.table(columns)
+    return pa.table(columns, schema=_SAMPLE_SCHEMA)  # typed: a shard with no answer at all has the others' schema
+
+
+_SAMPLE_SCHEMA = pa.schema([("problem_id", pa.int64()), ("sample_index", pa.int64()), ("generation", pa.string()),
+                            ("completion", pa.string()), ("predicted_answer", pa.string()), ("verified", pa.bool_())])
 
 
 def _write_shard(out: Path, index: int, table: pa.Table) -> dict:
@@ -240,7 +257,8 @@ def _prompt_completion(questions: list[str], traces: list[str], conversational: 
 
 
 def _assemble(out: Path, manifest: dict, dataset: Dataset, teacher: str, template: str, config: TraceConfig,
-              conversational: bool) -> Dataset:
+              conversational: bool, save: bool = True) -> Dataset:
+    """The kept traces; saved as ``out/dataset`` with ``save`` (rank 0's job under many processes)."""
     samples = Dataset(pa.concat_tables([pq.read_table(out / entry["file"]) for entry in manifest["shards"]]))
     errors = [arithmetic_errors(completion) for completion in samples["completion"]]
     if config.verify_arithmetic:
@@ -270,6 +288,8 @@ def _assemble(out: Path, manifest: dict, dataset: Dataset, teacher: str, templat
     })
     problems = problems.remove_columns([c for c in extra.column_names if c in problems.column_names])
     traces = concatenate_datasets([problems.flatten_indices(), extra], axis=1)
+    if not save:
+        return traces.flatten_indices()
     with atomic_dir(out / "dataset") as staging:
         traces.save_to_disk(str(staging))
     return load_from_disk(str(out / "dataset"))

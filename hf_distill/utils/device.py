@@ -55,3 +55,17 @@ def resolve_dtype(name: str | torch.dtype | None, what: str = "dtype") -> torch.
         return _DTYPES[name]
     except KeyError:
         raise ValueError(f"Unknown {what} {name!r}. Use one of: auto, {', '.join(_DTYPES)}.") from None
+
+
+def end_distributed() -> None:
+    """Close the process group a launcher started, once every rank got here.
+
+    A gloo group left open at interpreter exit sometimes aborts the process ("terminate called without an active
+    exception": its threads are torn down while still joinable), which turns a finished run into a failed launch.
+    Nothing to do in a single process.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

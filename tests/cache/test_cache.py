@@ -437,9 +437,9 @@ def test_students_trained_on_larger_k_end_closer_to_the_teacher(tmp_path, tokeni
 
 
 def test_cli_cache_logits_then_train_from_the_cache(tmp_path):
-    from test_cli_train import _checkpoints
+    from helpers import saved_student_and_teacher
 
-    student, teacher = _checkpoints(tmp_path)
+    student, teacher = saved_student_and_teacher(tmp_path)
     cache = tmp_path / "cache"
     assert main(["cache-logits", "--teacher_model_name_or_path", str(teacher), "--dataset_name", "arithmetic",
                  "--num_examples", "12", "--output_dir", str(cache), "--top_k", "4", "--shard_size", "8",

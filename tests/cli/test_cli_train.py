@@ -5,24 +5,14 @@ from __future__ import annotations
 import json
 
 import yaml
+from helpers import saved_student_and_teacher
 from transformers import AutoModelForCausalLM
 
 from hf_distill.cli.main import main
-from hf_distill.data.tokenizer import train_tokenizer
-from hf_distill.models.build import ModelSize, build_llama
-
-
-def _checkpoints(tmp_path):
-    tokenizer = train_tokenizer(["Tom has 12 apples. He has 12+3 = <<12+3=15>>15 apples.\n#### 15"] * 20,
-                                vocab_size=300)
-    for name, size in (("student", ModelSize(16, 1, 2)), ("teacher", ModelSize(32, 1, 2))):
-        build_llama(tokenizer, size).save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
-    return tmp_path / "student", tmp_path / "teacher"
 
 
 def test_train_from_flags_writes_a_reloadable_student(tmp_path):
-    student, teacher = _checkpoints(tmp_path)
+    student, teacher = saved_student_and_teacher(tmp_path)
     code = main(["train", "--model_name_or_path", str(student), "--teacher_model_name_or_path", str(teacher),
                  "--dataset_name", "arithmetic", "--num_examples", "16", "--output_dir", str(tmp_path / "out"),
                  "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none",
@@ -32,7 +22,7 @@ def test_train_from_flags_writes_a_reloadable_student(tmp_path):
 
 
 def test_train_from_a_config_file_whose_values_flags_override(tmp_path):
-    student, teacher = _checkpoints(tmp_path)
+    student, teacher = saved_student_and_teacher(tmp_path)
     recipe = {"model_name_or_path": str(student), "teacher_model_name_or_path": str(teacher),
               "dataset_name": "arithmetic", "num_examples": 8, "output_dir": str(tmp_path / "yaml-out"),
               "max_steps": 3, "report_to": "none", "per_device_train_batch_size": 4, "temperature": 2.0,

@@ -20,6 +20,7 @@ from datasets import Dataset  # noqa: E402
 from helpers import make_llama, make_tokenizer  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer  # noqa: E402
+from hf_distill.utils.device import end_distributed  # noqa: E402
 
 
 def main(out: Path) -> None:
@@ -55,3 +56,4 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    end_distributed()  # an open gloo group at exit sometimes aborts rank 0 after a finished run

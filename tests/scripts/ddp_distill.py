@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from helpers import make_llama, make_tokenizer, prompt_completion  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer  # noqa: E402
+from hf_distill.utils.device import end_distributed  # noqa: E402
 
 
 def main(out: Path, per_device_batch: int, bf16: bool = False) -> None:
@@ -85,3 +86,4 @@ def bf16_step(out: Path, per_device_batch: int) -> dict:
 if __name__ == "__main__":
     args = [arg for arg in sys.argv[1:] if arg != "--bf16"]
     main(Path(args[0]), int(args[1]) if len(args) > 1 else 4, bf16="--bf16" in sys.argv)
+    end_distributed()  # an open gloo group at exit sometimes aborts rank 0 after a finished run
