@@ -269,7 +269,10 @@ class CascadeRunner:
             return sample(client, endpoint, ref.model, prompt, n=1, temperature=0.0, top_p=1.0,
                           max_tokens=stage.evaluation.max_new_tokens, seed=self.recipe.seed)[0]
 
-        generations = client.map(ask, list(test["question"]))
+        try:
+            generations = client.map(ask, list(test["question"]))
+        finally:
+            client.close()  # its request threads
         metrics = {"accuracy": exact_match_accuracy(generations, list(test["answer"])), "eval_examples": len(test),
                    "served": True}
         return metrics, {"answers": [extract_answer(text) for text in generations], "generations": generations}

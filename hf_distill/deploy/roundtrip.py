@@ -49,13 +49,6 @@ class Agreement:
         return asdict(self)
 
 
-@torch.no_grad()
-def greedy_tokens(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
-    """Each prompt's greedy continuation (token ids), one prompt at a time (no padding to differ between models)."""
-    return [greedy_from_ids(model, prompt_ids(tokenizer, prompt), max_new_tokens,
-                            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id) for prompt in prompts]
-
-
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
     """The prompt's ids as generation sees them: a rendered chat prompt already holds its special tokens."""
     return tokenizer(prompt, add_special_tokens=False).input_ids
