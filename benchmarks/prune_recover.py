@@ -17,6 +17,7 @@ with the teacher, and greedy exact match on a few test problems (the 135M teache
 
     python benchmarks/prune_recover.py                     # ~40 min on 2 shared cores
     python benchmarks/prune_recover.py --steps 20 --arms half:importance:kd --heldout 8 --em 2   # smoke run
+    python benchmarks/prune_recover.py --steps 300 --seeds 2 --arms half:importance:sft,half:importance:kd   # spread
 """
 
 from __future__ import annotations
@@ -100,6 +101,21 @@ def exact_match(model, tokenizer, problems: list[dict], max_new_tokens: int) -> 
     return result.accuracy
 
 
+def by_arm(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows grouped by arm, in first-seen order (one row per seed)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["arm"], []).append(row)
+    return groups
+
+
+def spread(group: list[dict], key: str) -> str:
+    """``mean`` of one seed, or ``mean ± half-range`` across seeds."""
+    values = [r[key] for r in group]
+    mean = sum(values) / len(values)
+    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ± {(max(values) - min(values)) / 2:.3f}"
+
+
 def non_embedding(model) -> int:
     embed = model.get_input_embeddings().weight
     unique = {id(p): p for p in model.parameters()}
@@ -120,6 +136,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=24, help="GSM8K test answers scored by CE/KL/top-1")
     parser.add_argument("--em", type=int, default=6, help="GSM8K test problems for greedy exact match")
     parser.add_argument("--em-tokens", type=int, default=160)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train every arm with seeds 0..N-1 (the training order) and report the spread")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     opts = parser.parse_args()
@@ -157,7 +175,8 @@ def main() -> None:
     rows = [{"arm": "teacher", "params_non_embedding_m": non_embedding(teacher) / 1e6,
              **scores(teacher_lp, gold, teacher_lp), "em": exact_match(teacher, tokenizer, em_problems,
                                                                         opts.em_tokens), "seconds": 0.0}]
-    print(f"[{time.perf_counter() - began:.0f} s] held-out: {opts.heldout} GSM8K test answers, {gold.numel()} tokens; teacher CE {rows[0]['ce']:.3f}, "
+    print(f"[{time.perf_counter() - began:.0f} s] held-out: {opts.heldout} GSM8K test answers, {gold.numel()} "
+          f"tokens; teacher CE {rows[0]['ce']:.3f}, "
           f"EM {rows[0]['em']:.0%} on {opts.em}", flush=True)
 
     arms = [tuple(a.split(":")) for a in opts.arms.split(",")]
@@ -201,23 +220,23 @@ def main() -> None:
                               args=DistillationConfig(output_dir=str(Path(work) / "c"), **common), top_k=64,
                               batch_size=8, teacher_dtype="bfloat16" if fast_bf16_available() else None)
         print(f"teacher cache: {n_train} problems, top-64, {time.perf_counter() - t0:.0f} s", flush=True)
-        for size, cut, method in arms:
+        for (size, cut, method), seed in ((arm, seed) for arm in arms for seed in range(opts.seeds)):
             cut_name = chosen.get(size, cut) if cut == "importance" else cut
             base, plan = students[size, cut_name]
             student = AutoModelForCausalLM.from_config(base.config)
             student.load_state_dict(base.state_dict())
             student.generation_config = base.generation_config
-            args = DistillationConfig(output_dir=str(Path(work) / f"{size}-{cut}-{method}"), alpha=ALPHAS[method],
-                                      **common)
+            args = DistillationConfig(output_dir=str(Path(work) / f"{size}-{cut}-{method}-{seed}"),
+                                      alpha=ALPHAS[method], **{**common, "seed": seed})
             t0 = time.perf_counter()
             DistillationTrainer(student, args, train_dataset=train, processing_class=tokenizer,
                                 teacher_cache=str(cache)).train()
             seconds = time.perf_counter() - t0
             result = scores(answer_logprobs(student, heldout_batches(held))[0], gold, teacher_lp)
             em = exact_match(student, tokenizer, em_problems, opts.em_tokens)
-            rows.append({"arm": f"{size}:{cut_name}:{method}", "params_non_embedding_m": non_embedding(student) / 1e6,
-                         **result, "em": em, "seconds": seconds})
-            print(f"  {size:7s} {cut_name:15s} {method:4s} CE {result['ce']:.3f} KL {result['kl']:.3f} "
+            rows.append({"arm": f"{size}:{cut_name}:{method}", "seed": seed, **result, "em": em, "seconds": seconds,
+                         "params_non_embedding_m": non_embedding(student) / 1e6})
+            print(f"  {size:7s} {cut_name:15s} {method:4s} seed {seed} CE {result['ce']:.3f} KL {result['kl']:.3f} "
                   f"top-1 {result['top1']:.3f} EM {em:.0%}  ({seconds:.0f} s, {seconds / opts.steps:.2f} s/step)",
                   flush=True)
             del student
@@ -226,12 +245,14 @@ def main() -> None:
           f"tokens ({n_train} GSM8K train problems, same order), lr {opts.lr} cosine; calibration {opts.calib} "
           f"train problems; held-out {gold.numel()} answer tokens of {opts.heldout} test problems; EM on {opts.em}; "
           f"total {time.perf_counter() - began:.0f} s, load {load_average()}")
+    print(f"(trained arms: mean over {opts.seeds} seed(s), ± half the range across them)" if opts.seeds > 1 else "")
     print("| arm | non-emb params | held-out CE | KL(teacher‖student) | top-1 agree | exact match | train s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        em = "-" if math.isnan(row["em"]) else f"{row['em']:.0%}"
-        print(f"| {row['arm']} | {row['params_non_embedding_m']:.1f}M | {row['ce']:.3f} | {row['kl']:.3f} | "
-              f"{row['top1']:.3f} | {em} | {row['seconds']:.0f} |")
+    for arm, group in by_arm(rows).items():
+        em = [r["em"] for r in group if not math.isnan(r["em"])]
+        print(f"| {arm} | {group[0]['params_non_embedding_m']:.1f}M | {spread(group, 'ce')} | {spread(group, 'kl')} "
+              f"| {spread(group, 'top1')} | {f'{sum(em) / len(em):.0%}' if em else '-'} | "
+              f"{sum(r['seconds'] for r in group) / len(group):.0f} |")
     for line in machine_lines():
         print(line)
     if opts.json:

@@ -63,8 +63,10 @@ class DemoSettings:
     # randomly initialised 128x2 student of the same size reaches 38-40%, with KD or SFT alike.
     student: ShrinkSpec = ShrinkSpec(hidden_size=96, intermediate_size=224, num_attention_heads=2,
                                      num_key_value_heads=2)
-    teacher_steps: int = 1500
-    student_steps: int = 600
+    # 900 / 300 (was 1,500 / 600) so the demo fits in 10 minutes on 2 cores; measured: KD beats SFT-only by +2.9 s.e.
+    # in 9 min 10 s; 300 more student steps give +4.2 s.e. in 11 min 40 s (README, "The embedded demo")
+    teacher_steps: int = 900
+    student_steps: int = 300
     batch_size: int = 32
     teacher_lr: float = 3e-3
     student_lr: float = 3e-3

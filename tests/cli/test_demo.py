@@ -116,7 +116,7 @@ def test_default_recipe_is_the_measured_demo():
     recipe = demo_recipe()
     teacher, kd, sft = recipe.stages
     assert (teacher.methods, kd.methods, sft.methods) == (["sft"], ["traces", "logit"], ["sft"])
-    assert teacher.training["max_steps"] == 1500 and kd.training["max_steps"] == sft.training["max_steps"] == 600
+    assert teacher.training["max_steps"] == 900 and kd.training["max_steps"] == sft.training["max_steps"] == 300
     assert (kd.training["kd_loss"], kd.training["alpha"], kd.training["temperature"]) == ("forward_kl", 0.5, 1.0)
     # the few-labels setting: the teacher's labelled problems, unlabelled questions after them, the student's labels
     assert (teacher.data.train_split, kd.data.train_split, sft.data.train_split) == (
