@@ -8,9 +8,9 @@ Students (``hf_distill.models.shrink``), sized by non-embedding parameters (the 
 Each is cut ``uniform`` (layers spread evenly, neurons by weight magnitude: the old default) or by importance on
 calibration batches of the training set (``block_influence`` or ``skip_kl`` layers, neurons/heads/channels by
 activation: Minitron). Phase 1 scores every cut before training; phase 2 retrains the chosen ones on the same GSM8K
-training problems, in the same order, for the same steps, with ``DistillationTrainer`` from a teacher-logit cache
-collected once (top-64): ``sft`` (alpha 1: CE on the gold tokens only; the teacher is not asked), ``kd`` (forward KL,
-alpha 0: the teacher's distribution only) and ``mix`` (alpha 0.5).
+training problems, in the same order (one order per ``--seeds``), for the same steps, with ``DistillationTrainer``
+from a teacher-logit cache collected once (top-64): ``sft`` (alpha 1: CE on the gold tokens only; the teacher is not
+asked), ``kd`` (forward KL, alpha 0: the teacher's distribution only) and ``mix`` (alpha 0.5).
 
 Measured per arm on held-out GSM8K test answers (gold tokens only): CE, KL(teacher || student), top-1 agreement
 with the teacher, and greedy exact match on a few test problems (the 135M teacher itself is weak at math). Usage::
@@ -242,8 +242,9 @@ def main() -> None:
             del student
 
     print(f"\nSmolLM2-135M-Instruct -> pruned students; {opts.steps} steps x batch {opts.batch} x <= {opts.max_length} "
-          f"tokens ({n_train} GSM8K train problems, same order), lr {opts.lr} cosine; calibration {opts.calib} "
-          f"train problems; held-out {gold.numel()} answer tokens of {opts.heldout} test problems; EM on {opts.em}; "
+          f"tokens ({n_train} GSM8K train problems, the same order per seed), lr {opts.lr} cosine; "
+          f"calibration {opts.calib} train problems; held-out {gold.numel()} answer tokens of {opts.heldout} test "
+          f"problems; EM on {opts.em}; "
           f"total {time.perf_counter() - began:.0f} s, load {load_average()}")
     print(f"(trained arms: mean over {opts.seeds} seed(s), ± half the range across them)" if opts.seeds > 1 else "")
     print("| arm | non-emb params | held-out CE | KL(teacher‖student) | top-1 agree | exact match | train s |")
