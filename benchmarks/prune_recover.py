@@ -4,6 +4,8 @@ Students (``hf_distill.models.shrink``), sized by non-embedding parameters (the 
 
 ``half``     20 of 30 layers, MLP 1536 -> 1024: ~1/2 of the teacher's non-embedding parameters
 ``quarter``  10 of 30 layers, MLP 1536 -> 1024: ~1/4
+``half_wide``  all 30 layers, MLP 1536 -> 512: ~1/2 by width alone (Minitron's finding: width pruning keeps more)
+``half_deep``  15 of 30 layers, MLP kept: ~1/2 by depth alone
 
 Each is cut ``uniform`` (layers spread evenly, neurons by weight magnitude: the old default) or by importance on
 calibration batches of the training set (``block_influence`` or ``skip_kl`` layers, neurons/heads/channels by
@@ -18,6 +20,8 @@ with the teacher, and greedy exact match on a few test problems (the 135M teache
     python benchmarks/prune_recover.py                     # ~40 min on 2 shared cores
     python benchmarks/prune_recover.py --steps 20 --arms half:importance:kd --heldout 8 --em 2   # smoke run
     python benchmarks/prune_recover.py --steps 300 --seeds 2 --arms half:importance:sft,half:importance:kd   # spread
+    python benchmarks/prune_recover.py --steps 0 --arms half:importance:-,half_wide:importance:-,half_deep:importance:-
+                                                           # phase 1 only: the init scores of three 1/2 shapes
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, machine_lines  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
-SIZES = {"half": dict(num_layers=20, intermediate_size=1024), "quarter": dict(num_layers=10, intermediate_size=1024)}
+SIZES = {"half": dict(num_layers=20, intermediate_size=1024), "quarter": dict(num_layers=10, intermediate_size=1024),
+         "half_wide": dict(intermediate_size=512), "half_deep": dict(num_layers=15)}
 CUTS = {"uniform": dict(layer_strategy="uniform", width_strategy="magnitude"),
         "block_influence": dict(layer_strategy="importance", layer_importance="block_influence",
                                 width_strategy="activation"),
@@ -126,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arms", default=DEFAULT_ARMS, help="size:cut:method,... (cut 'importance': the better of "
                         "block_influence/skip_kl by phase-1 KL at that size)")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=40, help="0: score the cuts before training only (phase 1)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=192)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -141,6 +146,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     opts = parser.parse_args()
+    arms = [tuple(a.split(":")) for a in opts.arms.split(",")]
+    for size, cut, method in arms:  # refuse a typo before the teacher runs
+        if size not in SIZES or cut not in (*CUTS, "importance") or (opts.steps > 0 and method not in ALPHAS):
+            parser.error(f"arm {size}:{cut}:{method}: size in {list(SIZES)}, cut in {[*CUTS, 'importance']}, "
+                         f"method in {list(ALPHAS)} (any with --steps 0)")
     torch.set_num_threads(opts.threads)
     began = time.perf_counter()
 
@@ -164,7 +174,8 @@ def main() -> None:
     train_raw = load_dataset("json", data_files=str(DATA / "train.jsonl"), split="train")
     test_raw = load_dataset("json", data_files=str(DATA / "test.jsonl"), split="train")
     n_train = opts.steps * opts.batch
-    train = to_prompt_completion(load_reasoning_dataset(train_raw.select(range(n_train))), tokenizer=tokenizer)
+    train = None if n_train == 0 else to_prompt_completion(load_reasoning_dataset(train_raw.select(range(n_train))),
+                                                           tokenizer=tokenizer)
     calib_rows = [{"input_ids": encode(tokenizer, r["question"], r["answer"], 128)[0]}
                   for r in train_raw.select(range(opts.calib))]  # the first training problems
     calibration = calibration_batches(calib_rows, 8, tokenizer.pad_token_id)
@@ -179,7 +190,6 @@ def main() -> None:
           f"tokens; teacher CE {rows[0]['ce']:.3f}, "
           f"EM {rows[0]['em']:.0%} on {opts.em}", flush=True)
 
-    arms = [tuple(a.split(":")) for a in opts.arms.split(",")]
     sizes = sorted({size for size, _, _ in arms}, key=list(SIZES).index)
     students, chosen = {}, {}
     skip_calibration = calibration_batches(calib_rows[:opts.calib_skip], 8, tokenizer.pad_token_id)
@@ -208,6 +218,7 @@ def main() -> None:
             chosen[size] = min(ranked, key=lambda c: next(r["kl"] for r in rows if r["arm"] == f"{size}:{c}:init"))
             print(f"  {size}: importance = {chosen[size]} (lower init KL)", flush=True)
 
+    trained = arms if opts.steps > 0 else []  # --steps 0: phase 1 only
     with tempfile.TemporaryDirectory() as work:  # phase 2: recovery training
         common = dict(max_steps=opts.steps, per_device_train_batch_size=opts.batch, max_length=opts.max_length,
                       learning_rate=opts.lr, lr_scheduler_type="cosine", warmup_steps=max(1, opts.steps // 20),
@@ -216,11 +227,12 @@ def main() -> None:
                       bf16=fast_bf16_available(), kd_loss="forward_kl", temperature=1.0)
         t0 = time.perf_counter()
         cache = Path(work) / "cache"
-        collect_teacher_cache(teacher, train, str(cache), tokenizer,
-                              args=DistillationConfig(output_dir=str(Path(work) / "c"), **common), top_k=64,
-                              batch_size=8, teacher_dtype="bfloat16" if fast_bf16_available() else None)
-        print(f"teacher cache: {n_train} problems, top-64, {time.perf_counter() - t0:.0f} s", flush=True)
-        for (size, cut, method), seed in ((arm, seed) for arm in arms for seed in range(opts.seeds)):
+        if trained:
+            collect_teacher_cache(teacher, train, str(cache), tokenizer,
+                                  args=DistillationConfig(output_dir=str(Path(work) / "c"), **common), top_k=64,
+                                  batch_size=8, teacher_dtype="bfloat16" if fast_bf16_available() else None)
+            print(f"teacher cache: {n_train} problems, top-64, {time.perf_counter() - t0:.0f} s", flush=True)
+        for (size, cut, method), seed in ((arm, seed) for arm in trained for seed in range(opts.seeds)):
             cut_name = chosen.get(size, cut) if cut == "importance" else cut
             base, plan = students[size, cut_name]
             student = AutoModelForCausalLM.from_config(base.config)
